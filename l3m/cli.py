@@ -1,0 +1,279 @@
+"""The `l3m` command line: lint, graph, plan, train, eval, export, blocks, explain.
+
+Exit codes: 0 ok (warnings allowed), 1 errors found, 2 usage or I/O error.
+Arguments of the form `path=value` are overrides (`train.steps=10 dim=64`); the rest are files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
+
+
+def _split(items: list[str]) -> tuple[list[str], list[str]]:
+    files = [a for a in items if "=" not in a]
+    overrides = [a for a in items if "=" in a]
+    return files, overrides
+
+
+def _color(stream) -> bool:
+    return stream.isatty() and "NO_COLOR" not in os.environ
+
+
+def _print_diagnostics(compiled, fmt: str = "text", stream=None) -> None:
+    from l3m.dsl.diagnostics import render_github, render_text
+
+    stream = stream or sys.stderr
+    for d in compiled.diagnostics:
+        if fmt == "github":
+            print(render_github(d), file=stream)
+        else:
+            print(render_text(d, compiled.sources, color=_color(stream)), file=stream)
+
+
+def _compile(path: str, overrides: list[str], world_size: int | None = None, extensions: tuple[str, ...] = ()):
+    from l3m.dsl import compile_file
+
+    return compile_file(path, overrides, world_size=world_size, extensions=extensions)
+
+
+def _unreadable(compiled) -> bool:
+    return any(d.code == "E002" for d in compiled.diagnostics)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    from l3m.dsl.diagnostics import explain, render_json
+
+    if args.explain:
+        text = explain(args.explain)
+        if text is None:
+            print(f"l3m: unknown diagnostic code '{args.explain}'", file=sys.stderr)
+            return EXIT_USAGE
+        print(text, end="")
+        return EXIT_OK
+    files, overrides = _split(args.items)
+    if not files:
+        print("l3m lint: give one or more .l3m files", file=sys.stderr)
+        return EXIT_USAGE
+    all_diags, errors, unreadable = [], 0, False
+    for f in files:
+        compiled = _compile(f, overrides, args.world_size, tuple(args.extension))
+        unreadable |= _unreadable(compiled)
+        errors += len(compiled.errors)
+        if args.format == "json":
+            all_diags += compiled.diagnostics
+        else:
+            _print_diagnostics(compiled, args.format, sys.stdout if args.format == "github" else sys.stderr)
+    if args.format == "json":
+        print(render_json(all_diags))
+    elif args.format == "text":
+        warnings = 0
+        print(f"l3m lint: {len(files)} file{'s' * (len(files) != 1)} checked, {errors} error{'s' * (errors != 1)}"
+              + (f", {warnings} warnings" if warnings else ""), file=sys.stderr)
+    if unreadable:
+        return EXIT_USAGE
+    return EXIT_ERRORS if errors else EXIT_OK
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from l3m.dsl.render import FORMATS, RenderError, render
+
+    files, overrides = _split(args.items)
+    if len(files) != 1:
+        print("l3m graph: give exactly one .l3m file", file=sys.stderr)
+        return EXIT_USAGE
+    fmt = args.format
+    if args.render:
+        suffix = Path(args.render).suffix.lstrip(".").lower()
+        fmt = fmt or suffix
+    fmt = fmt or "txt"
+    if fmt not in FORMATS:
+        print(f"l3m graph: unknown format '{fmt}'; use one of {', '.join('.' + f for f in FORMATS)}", file=sys.stderr)
+        return EXIT_USAGE
+    compiled = _compile(files[0], overrides, extensions=tuple(args.extension))
+    _print_diagnostics(compiled)
+    if not compiled.ok:
+        return EXIT_USAGE if _unreadable(compiled) else EXIT_ERRORS
+    try:
+        data = render(compiled.program, compiled.flow, fmt)
+    except RenderError as e:
+        print(f"l3m graph: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.render:
+        try:
+            Path(args.render).write_bytes(data)
+        except OSError as e:
+            print(f"l3m graph: cannot write '{args.render}': {e.strerror or e}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"wrote {args.render}", file=sys.stderr)
+    else:
+        sys.stdout.buffer.write(data)
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    files, overrides = _split(args.items)
+    if len(files) != 1:
+        print("l3m plan: give exactly one .l3m file", file=sys.stderr)
+        return EXIT_USAGE
+    compiled = _compile(files[0], overrides, args.world_size, tuple(args.extension))
+    _print_diagnostics(compiled)
+    if not compiled.ok:
+        return EXIT_USAGE if _unreadable(compiled) else EXIT_ERRORS
+    from l3m.plan import format_plan, plan
+
+    result = plan(compiled.program, world_size=args.world_size or 1, schedule=compiled.flow.model_order())
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_plan(result))
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from l3m.train.api import train_main
+
+    files, overrides = _split(args.items)
+    if len(files) != 1:
+        print("l3m train: give exactly one .l3m file", file=sys.stderr)
+        return EXIT_USAGE
+    return train_main(files[0], overrides, output=args.output, resume=args.resume, extensions=tuple(args.extension))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from l3m.train.api import eval_main
+
+    files, overrides = _split(args.items)
+    if len(files) != 1:
+        print("l3m eval: give exactly one .l3m file", file=sys.stderr)
+        return EXIT_USAGE
+    return eval_main(files[0], overrides, checkpoint=args.checkpoint, extensions=tuple(args.extension))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from l3m.train.api import export_main
+
+    return export_main(args.run, args.out)
+
+
+def cmd_blocks(args: argparse.Namespace) -> int:
+    from l3m import registry
+
+    for ext in args.extension:
+        registry.load_extension(ext)
+    kinds = [args.kind] if args.kind else list(registry.KINDS)
+    for kind in kinds:
+        print(f"{kind}s:")
+        for e in sorted(registry.entries(kind), key=lambda e: e.name):
+            ins = ", ".join(p.name + ("?" if p.optional else "") for p in e.inputs)
+            outs = ", ".join(p.name + ("?" if p.optional else "") for p in e.outputs)
+            ports = f"  {ins} -> {outs}" if kind in ("block", "generator", "loss", "metric", "source") else ""
+            summary = e.doc.splitlines()[0] if e.doc else ""
+            print(f"  {e.name}{ports}" + (f"    # {summary}" if summary else ""))
+            if args.verbose:
+                print(f"      {e.signature}")
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    args.explain = args.code
+    return cmd_lint(args)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="l3m", description="Compile, check, plan and train .l3m experiment files.")
+    p.add_argument("--version", action="version", version=f"l3m {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(sp, world_size=True):
+        sp.add_argument("items", nargs="*", metavar="FILE|PATH=VALUE", help="files, and overrides like train.steps=10")
+        sp.add_argument("--extension", action="append", default=[], metavar="MODULE",
+                        help="import a Python module of registered blocks (repeatable)")
+        if world_size:
+            sp.add_argument("--world-size", type=int, default=None, metavar="N",
+                            help="check and plan the mesh for N processes")
+
+    s = sub.add_parser("lint", help="static checks of .l3m files (exit 1 on any error)")
+    common(s)
+    s.add_argument("--format", choices=("text", "json", "github"), default="text")
+    s.add_argument("--explain", metavar="CODE", help="explain a diagnostic code, e.g. E101")
+    s.set_defaults(func=cmd_lint)
+
+    s = sub.add_parser("graph", help="the dataflow graph (text by default; --render OUT.svg|png|dot|mmd|txt|json)")
+    common(s, world_size=False)
+    s.add_argument("--render", metavar="OUT", help="write the graph to OUT; its suffix picks the format")
+    s.add_argument("--format", choices=("svg", "png", "dot", "mmd", "txt", "json"), default=None)
+    s.set_defaults(func=cmd_graph)
+
+    s = sub.add_parser("plan", help="parameters, FLOPs and memory per rank, before any GPU")
+    common(s)
+    s.add_argument("--format", choices=("text", "json"), default="text")
+    s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("train", help="train what the file declares (also under torchrun)")
+    common(s, world_size=False)
+    s.add_argument("--output", "-o", metavar="DIR", help="run directory (default runs/<file stem>)")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--resume", dest="resume", action="store_true", default=None,
+                   help="continue from the latest checkpoint in the run directory (the default when one exists)")
+    g.add_argument("--no-resume", dest="resume", action="store_false", help="start afresh even if checkpoints exist")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="evaluate a checkpoint on the file's eval data")
+    common(s, world_size=False)
+    s.add_argument("--checkpoint", required=True, metavar="PATH", help="a run directory or checkpoint directory")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("export", help="write a run's latest checkpoint as one safetensors file")
+    s.add_argument("run", metavar="RUN_OR_CHECKPOINT")
+    s.add_argument("out", metavar="OUT.safetensors")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("blocks", help="list registered blocks, data sources, losses, ...")
+    s.add_argument("--kind", choices=("block", "source", "generator", "loss", "metric", "optimizer", "schedule"))
+    s.add_argument("--extension", action="append", default=[], metavar="MODULE")
+    s.add_argument("-v", "--verbose", action="store_true", help="show constructor signatures")
+    s.set_defaults(func=cmd_blocks)
+
+    s = sub.add_parser("explain", help="explain a diagnostic code")
+    s.add_argument("code")
+    s.set_defaults(func=cmd_explain)
+    return p
+
+
+def _version() -> str:
+    from l3m import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("l3m: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as e:  # a bug in l3m, not in the user's file: say so without a wall of traceback
+        if os.environ.get("L3M_DEBUG"):
+            raise
+        print(f"l3m: internal error: {type(e).__name__}: {e}\n(set L3M_DEBUG=1 for the traceback; please report it)",
+              file=sys.stderr)
+        return EXIT_ERRORS

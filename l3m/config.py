@@ -1,0 +1,89 @@
+"""Schemas of the settings sections (`train`, `mesh`, `log`).
+
+The checker holds each section's keys and value types against these dataclasses, so a
+typo (`train { stpes = 10 }`) is a compile error with a suggestion, and the trainer reads
+typed values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+    grad_clip: float = 0.0  # 0 disables clipping
+    grad_accum: int = 1  # micro-batches per optimizer step
+    eval_every: int = 0  # 0: only at the end (when eval data is declared)
+    eval_steps: int = 0  # batches per evaluation; 0: the whole eval set
+    checkpoint_every: int = 0  # 0: only at the end
+    keep: int = 2  # checkpoints kept
+    log_every: int = 10
+    seed: int = 0
+    deterministic: bool = False
+    activation_checkpointing: Literal["none", "full", "selective"] = "none"
+    reshard_after_forward: bool = True
+    param_dtype: Literal["fp32", "bf16", "fp16", "auto"] = "auto"  # FSDP2 MixedPrecisionPolicy
+    reduce_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    num_workers: int = 0
+    freeze: list[str] = field(default_factory=list)  # parameter-name globs kept frozen
+
+
+@dataclass
+class MeshConfig:
+    dp_replicate: int = 1
+    dp_shard: int = -1  # -1: what is left of the world size
+    tp: int = 1
+    cp: int = 1
+
+
+@dataclass
+class LogConfig:
+    wandb: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "l3m"
+    name: str = ""
+    console: Literal["rich", "plain", "none"] = "rich"
+
+
+SECTION_SCHEMAS: dict[str, type] = {"train": TrainConfig, "mesh": MeshConfig, "log": LogConfig}
+
+
+def section_fields(name: str) -> dict[str, Any]:
+    """Field name -> annotation for a settings section."""
+    import typing
+
+    schema = SECTION_SCHEMAS[name]
+    hints = typing.get_type_hints(schema)
+    return {f.name: hints[f.name] for f in fields(schema)}
+
+
+def build_section(name: str, values: dict[str, Any]) -> Any:
+    return SECTION_SCHEMAS[name](**values)
+
+
+def resolve_mesh(mesh: MeshConfig, world_size: int) -> dict[str, int]:
+    """Fill in the one `-1` dimension; raise ValueError with a readable reason if it cannot fit."""
+    dims = {"dp_replicate": mesh.dp_replicate, "dp_shard": mesh.dp_shard, "tp": mesh.tp, "cp": mesh.cp}
+    free = [k for k, v in dims.items() if v == -1]
+    bad = [k for k, v in dims.items() if v == 0 or v < -1]
+    if bad:
+        raise ValueError(f"mesh size {bad[0]} = {dims[bad[0]]} must be a positive integer or -1")
+    if len(free) > 1:
+        raise ValueError(f"only one mesh dimension may be -1, but {' and '.join(free)} are")
+    fixed = 1
+    for k, v in dims.items():
+        if v != -1:
+            fixed *= v
+    if free:
+        if world_size % fixed:
+            raise ValueError(
+                f"the fixed mesh dimensions multiply to {fixed}, which does not divide the world size {world_size}"
+            )
+        dims[free[0]] = world_size // fixed
+    elif fixed != world_size:
+        raise ValueError(f"the mesh dimensions multiply to {fixed}, but the world size is {world_size}")
+    return dims

@@ -1,0 +1,34 @@
+"""The registered data sources; importing this package registers them all.
+
+| name | ports |
+|---|---|
+| DigitsImages | image, label |
+| DigitsImageText | image, text, label |
+| TextBytes, TextFiles, TextJSONL | tokens, targets |
+| ImageFolder | image, label |
+| ImageTextJSONL | image, text |
+| HFDataset | image?, text?, label? |
+| Synthetic | input, target |
+"""
+
+from l3m.data.sources.base import Source, Spec, find_files
+from l3m.data.sources.digits import DigitsImages, DigitsImageText
+from l3m.data.sources.hf import HFDataset
+from l3m.data.sources.images import ImageFolder, ImageTextJSONL
+from l3m.data.sources.synthetic import Synthetic
+from l3m.data.sources.text import TextBytes, TextFiles, TextJSONL
+
+__all__ = [
+    "DigitsImageText",
+    "DigitsImages",
+    "HFDataset",
+    "ImageFolder",
+    "ImageTextJSONL",
+    "Source",
+    "Spec",
+    "Synthetic",
+    "TextBytes",
+    "TextFiles",
+    "TextJSONL",
+    "find_files",
+]

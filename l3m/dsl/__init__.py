@@ -1,0 +1,49 @@
+"""The .l3m compiler front end: parse -> resolve -> check -> schedule (-> render)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from l3m.dsl.check import check
+from l3m.dsl.diagnostics import CompileError, Diagnostic, SourceCache
+from l3m.dsl.ir import Program
+from l3m.dsl.resolve import resolve
+from l3m.dsl.schedule import Dataflow
+
+
+@dataclass
+class Compiled:
+    """A compiled file: the program, its dataflow and everything the compiler had to say."""
+
+    program: Program | None
+    flow: Dataflow | None
+    diagnostics: list[Diagnostic]
+    sources: SourceCache
+
+    @property
+    def ok(self) -> bool:
+        return self.program is not None and not any(d.is_error for d in self.diagnostics)
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.is_error]
+
+    def raise_errors(self) -> None:
+        if not self.ok:
+            raise CompileError(self.errors, self.sources)
+
+
+def compile_file(path: str, overrides: list[str] | tuple[str, ...] = (), world_size: int | None = None,
+                 extensions: tuple[str, ...] = ()) -> Compiled:
+    res = resolve(path, overrides, extensions)
+    diags = list(res.diagnostics)
+    flow = None
+    if res.program is not None and not any(d.code in ("E001", "E002", "E004") for d in diags):
+        flow, more = check(res.program, world_size)
+        diags += more
+    diags.sort(key=lambda d: (d.span.file if d.span else "", d.span.line if d.span else 0,
+                              d.span.col if d.span else 0))
+    return Compiled(res.program, flow, diags, res.sources)
+
+
+__all__ = ["Compiled", "CompileError", "compile_file"]

@@ -1,0 +1,423 @@
+"""Parse: text -> `ast.Module`, or one syntax diagnostic saying what was expected, in words."""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+
+import lark
+from lark import Token, Transformer, v_args
+
+from l3m.dsl import ast
+from l3m.dsl.diagnostics import Diagnostic, did_you_mean
+from l3m.dsl.ir import Span
+
+MAX_DEPTH = 64
+LANGUAGE_VERSION = 1
+
+
+class ParseFailure(Exception):
+    def __init__(self, diagnostic: Diagnostic):
+        super().__init__(diagnostic.message)
+        self.diagnostic = diagnostic
+
+
+@functools.cache
+def _parser() -> lark.Lark:
+    grammar = resources.files("l3m.dsl").joinpath("grammar.lark").read_text()
+    return lark.Lark(grammar, start=["program", "expr"], parser="lalr", lexer="basic",
+                     propagate_positions=True, maybe_placeholders=True)
+
+
+# Words for the grammar's terminals, so messages never show internal names.
+_WORDS = {"NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string", "$END": "end of file"}
+
+
+def _describe(terminal: str) -> str:
+    if terminal in _WORDS:
+        return _WORDS[terminal]
+    try:
+        pattern = _parser().get_terminal(terminal).pattern
+    except KeyError:
+        return terminal.lower()
+    return f"'{pattern.value}'" if isinstance(pattern, lark.lexer.PatternStr) else terminal.lower()
+
+
+def _describe_token(tok: Token) -> str:
+    if tok.type == "$END":
+        return "end of file"
+    text = str(tok)
+    kind = {"NAME": "name", "INT": "integer", "FLOAT": "number", "STRING": "string"}.get(tok.type)
+    return f"{kind} '{text}'" if kind else f"'{text}'"
+
+
+_SOFT_KEYWORDS = {"'as'", "'weight'", "'head'", "'trunk'", "'preprocessor'", "'postprocessor'", "'train'", "'mesh'",
+                  "'log'", "'data'", "'model'", "'loss'", "'metric'", "'keys'", "'let'", "'import'", "'extension'",
+                  "'def'", "'optimizer'", "'schedule'"}
+
+
+def _expected_words(expected: set[str]) -> str:
+    words = {_describe(t) for t in expected}
+    if "a name" in words:  # keywords are names there too: don't list them one by one
+        words -= _SOFT_KEYWORDS
+    words = sorted(words, key=lambda w: (not w.startswith("'"), w))
+    if len(words) > 10:
+        words = words[:10] + ["..."]
+    if len(words) == 1:
+        return words[0]
+    return "one of " + ", ".join(words)
+
+
+def _check_depth(text: str, file: str) -> None:
+    """Reject absurd nesting before the parser and the tree walkers recurse into it."""
+    depth = 0
+    in_str = in_comment = False
+    line, col = 1, 0
+    prev = ""
+    for ch in text:
+        col += 1
+        if ch == "\n":
+            line, col = line + 1, 0
+            in_comment = False
+        elif in_comment:
+            pass
+        elif in_str:
+            if ch == '"' and prev != "\\":
+                in_str = False
+        elif ch == "#":
+            in_comment = True
+        elif ch == '"':
+            in_str = True
+        elif ch in "([{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                span = Span(file, line, col, line, col + 1)
+                raise ParseFailure(Diagnostic("E004", f"brackets nest deeper than {MAX_DEPTH} levels", span))
+        elif ch in ")]}":
+            depth = max(0, depth - 1)
+        prev = ch if prev != "\\" else ""
+
+
+def parse(text: str, file: str = "<string>") -> ast.Module:
+    _check_depth(text, file)
+    try:
+        tree = _parser().parse(text, start="program")
+        return _ToAst(file).transform(tree)
+    except lark.exceptions.UnexpectedInput as e:
+        raise ParseFailure(_syntax_diagnostic(e, file)) from None
+    except RecursionError:
+        raise ParseFailure(Diagnostic("E004", "the file nests too deeply to compile", Span(file, 1, 1, 1, 2))) from None
+
+
+def parse_expr(text: str, file: str = "<override>") -> ast.Expr:
+    """An expression on its own (command-line override values)."""
+    _check_depth(text, file)
+    try:
+        return _ToAst(file).transform(_parser().parse(text, start="expr"))
+    except lark.exceptions.UnexpectedInput as e:
+        raise ParseFailure(_syntax_diagnostic(e, file)) from None
+    except RecursionError:
+        raise ParseFailure(Diagnostic("E004", "the value nests too deeply", None)) from None
+
+
+def _syntax_diagnostic(e: lark.exceptions.UnexpectedInput, file: str) -> Diagnostic:
+    line, col = max(getattr(e, "line", 1) or 1, 1), max(getattr(e, "column", 1) or 1, 1)
+    if isinstance(e, lark.exceptions.UnexpectedToken):
+        tok = e.token
+        found = _describe_token(tok)
+        width = max(1, len(str(tok))) if tok.type != "$END" else 1
+        if tok.type == "$END":
+            line, col = getattr(tok, "line", line) or line, getattr(tok, "column", col) or col
+        span = Span(file, line, col, line, col + width)
+        msg = f"unexpected {found}; expected {_expected_words(set(e.expected))}"
+        help_ = _hint(tok, set(e.expected))
+        return Diagnostic("E001", msg, span, help=help_)
+    if isinstance(e, lark.exceptions.UnexpectedCharacters):
+        ch = e.char
+        shown = repr(ch) if not ch.isprintable() else f"'{ch}'"
+        msg = f"unexpected character {shown}"
+        allowed = getattr(e, "allowed", None)
+        if allowed:
+            msg += f"; expected {_expected_words(set(allowed))}"
+        help_ = "strings are written in double quotes" if ch == "'" else None
+        return Diagnostic("E001", msg, Span(file, line, col, line, col + 1), help=help_)
+    return Diagnostic("E001", "unexpected end of the file", Span(file, line, col, line, col + 1))
+
+
+def _hint(tok: Token, expected: set[str]) -> str | None:
+    if tok.type == "NAME":
+        keywords = [w.strip("'") for w in map(_describe, expected) if w.startswith("'") and w[1:-1].isidentifier()]
+        close = did_you_mean(str(tok), keywords)
+        if close:
+            return close
+    if "__ANON_0" in expected or any(_describe(t) == "'->'" for t in expected):
+        return "bind keys with `inputs -> outputs`, e.g. `tokens -> x`"
+    if tok.type == "NAME" and any(_describe(t) == "'l3m'" for t in expected):
+        return "a .l3m file starts with its language version: `l3m 1`"
+    return None
+
+
+def _span_tok(file: str, tok: Token) -> Span:
+    return Span(file, tok.line, tok.column, tok.end_line or tok.line, tok.end_column or tok.column + len(tok))
+
+
+def _unescape(raw: str) -> str:
+    out, i = [], 0
+    while i < len(raw):
+        ch = raw[i]
+        if ch == "\\" and i + 1 < len(raw):
+            nxt = raw[i + 1]
+            out.append({"n": "\n", "t": "\t", '"': '"', "\\": "\\"}.get(nxt, "\\" + nxt))
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+class _ToAst(Transformer):
+    """Lark tree -> ast dataclasses. Every rule below is one grammar rule."""
+
+    def __init__(self, file: str):
+        super().__init__()
+        self.file = file
+
+    def _span(self, meta) -> Span:
+        return Span(self.file, meta.line, meta.column, meta.end_line, meta.end_column)
+
+    def _tok(self, tok: Token) -> Span:
+        return _span_tok(self.file, tok)
+
+    # ---------------------------------------------------------------- expressions
+    @v_args(inline=True)
+    def int_(self, tok):
+        return ast.Const(self._tok(tok), int(str(tok).replace("_", "")))
+
+    @v_args(inline=True)
+    def float_(self, tok):
+        return ast.Const(self._tok(tok), float(str(tok).replace("_", "")))
+
+    @v_args(inline=True)
+    def string(self, tok):
+        return ast.Str(self._tok(tok), _unescape(str(tok)[1:-1]))
+
+    @v_args(meta=True)
+    def true(self, meta, _):
+        return ast.Const(self._span(meta), True)
+
+    @v_args(meta=True)
+    def false(self, meta, _):
+        return ast.Const(self._span(meta), False)
+
+    @v_args(meta=True)
+    def null(self, meta, _):
+        return ast.Const(self._span(meta), None)
+
+    @v_args(meta=True)
+    def list_(self, meta, items):
+        return ast.ListExpr(self._span(meta), [i for i in items if i is not None])
+
+    @v_args(meta=True)
+    def ref(self, meta, children):
+        (parts,) = children
+        return ast.Ref(self._span(meta), [str(p) for p in parts])
+
+    def qualname(self, toks):
+        return toks  # list of NAME tokens
+
+    def _bin(op):  # noqa: N805 - a rule factory, not a method
+        @v_args(meta=True)
+        def rule(self, meta, children):
+            left, right = children
+            return ast.BinOp(self._span(meta), op, left, right)
+
+        return rule
+
+    add, sub, mul, div = _bin("+"), _bin("-"), _bin("*"), _bin("/")
+    floordiv, mod, pow = _bin("//"), _bin("%"), _bin("**")
+
+    @v_args(meta=True)
+    def neg(self, meta, children):
+        return ast.Neg(self._span(meta), children[0])
+
+    @v_args(inline=True)
+    def pos(self, operand):
+        return operand
+
+    # ---------------------------------------------------------------- calls and bindings
+    @v_args(meta=True)
+    def call(self, meta, children):
+        parts, *args = children
+        return ast.CallExpr([str(p) for p in parts], self._span_parts(parts), [a for a in args if a is not None])
+
+    def _span_parts(self, parts) -> Span:
+        first, last = parts[0], parts[-1]
+        return Span(self.file, first.line, first.column, last.end_line, last.end_column)
+
+    @v_args(meta=True)
+    def pos_arg(self, meta, children):
+        return ast.Arg(None, children[0], self._span(meta))
+
+    @v_args(inline=True)
+    def kw_arg(self, name, value):
+        return ast.Arg(str(name), value, self._tok(name))
+
+    def bindings(self, children):
+        reads, writes = children
+        return (reads or [], writes)
+
+    def pos_keys(self, keys):
+        return keys
+
+    def named_keys(self, keys):
+        return keys
+
+    def key(self, children):
+        if len(children) == 1:
+            (name,) = children
+            return ast.KeyRef(str(name), self._tok(name))
+        bang, name = children
+        return ast.KeyRef(str(name), self._tok(name), overwrite=bang is not None)
+
+    def named_key(self, children):
+        if len(children) == 2:
+            port, name = children
+            bang = None
+        else:
+            port, bang, name = children
+        return ast.KeyRef(str(name), self._tok(name), port=str(port), overwrite=bang is not None)
+
+    # ---------------------------------------------------------------- declarations
+    @v_args(inline=True)
+    def node(self, name, call, bindings):
+        reads, writes = bindings
+        return ast.NodeDecl(str(name), self._tok(name), call, reads, writes)
+
+    @v_args(inline=True)
+    def loss(self, name, call, bindings, weight):
+        reads, writes = bindings
+        return ("loss", ast.NodeDecl(str(name), self._tok(name), call, reads, writes, weight))
+
+    @v_args(inline=True)
+    def metric(self, name, call, bindings):
+        reads, writes = bindings
+        return ("metric", ast.NodeDecl(str(name), self._tok(name), call, reads, writes))
+
+    @v_args(inline=True)
+    def name(self, tok):
+        return tok
+
+    @v_args(inline=True)
+    def stage_name(self, tok):
+        return tok
+
+    @v_args(inline=True)
+    def section_name(self, tok):
+        return tok
+
+    def stage(self, children):
+        name, *nodes = children
+        return ast.StageDecl(str(name), self._tok(name), nodes)
+
+    def model(self, children):
+        name, *items = children
+        m = ast.ModelDecl(str(name), self._tok(name))
+        for item in items:
+            m.order.append(item)
+            (m.stages if isinstance(item, ast.StageDecl) else m.models).append(item)
+        return m
+
+    @v_args(inline=True)
+    def model_inst(self, name, call, bindings):
+        reads, writes = bindings
+        return ast.ModelInst(str(name), self._tok(name), call, reads, writes)
+
+    @v_args(inline=True)
+    def param(self, name, default):
+        return ast.Param(str(name), self._tok(name), default)
+
+    def ports(self, names):
+        return [(str(n), self._tok(n)) for n in names]
+
+    def def_(self, children):
+        name = children[0]
+        rest = children[1:]
+        params = []
+        while rest and (isinstance(rest[0], ast.Param) or rest[0] is None):
+            p = rest.pop(0)
+            if p is not None:
+                params.append(p)
+        inputs, outputs, *items = rest
+        body = self.model([name, *items])
+        return ast.DefDecl(str(name), self._tok(name), params, inputs or [], outputs, body)
+
+    @v_args(inline=True)
+    def let(self, name, value):
+        return ast.LetDecl(str(name), self._tok(name), value)
+
+    @v_args(inline=True)
+    def import_(self, path, alias):
+        return ast.ImportDecl(_unescape(str(path)[1:-1]), self._tok(path), str(alias), self._tok(alias))
+
+    @v_args(inline=True)
+    def extension(self, module):
+        return ast.ExtensionDecl(_unescape(str(module)[1:-1]), self._tok(module))
+
+    def keys(self, decls):
+        return ("keys", decls)
+
+    @v_args(inline=True)
+    def keydecl(self, name, dtype, shape):
+        return ast.KeyDeclAst(str(name), self._tok(name), str(dtype), shape)
+
+    def shape(self, dims):
+        return [int(str(d)) if d.type == "INT" else str(d) for d in dims if d is not None]
+
+    def data(self, nodes):
+        return ("data", nodes)
+
+    @v_args(inline=True)
+    def optimizer(self, call):
+        return ("optimizer", call)
+
+    @v_args(inline=True)
+    def schedule(self, call):
+        return ("schedule", call)
+
+    @v_args(inline=True)
+    def setting(self, name, value):
+        return ast.Setting(str(name), self._tok(name), value)
+
+    def section(self, children):
+        name, *settings = children
+        return ast.SectionDecl(str(name), self._tok(name), [s for s in settings if s is not None])
+
+    @v_args(inline=True)
+    def header(self, version):
+        return version
+
+    def program(self, children):
+        version, *items = children
+        mod = ast.Module(self.file, int(str(version).replace("_", "")), self._tok(version))
+        for item in items:
+            if isinstance(item, ast.LetDecl):
+                mod.lets.append(item)
+            elif isinstance(item, ast.ImportDecl):
+                mod.imports.append(item)
+            elif isinstance(item, ast.ExtensionDecl):
+                mod.extensions.append(item)
+            elif isinstance(item, (ast.ModelDecl, ast.ModelInst)):
+                mod.models.append(item)
+            elif isinstance(item, ast.DefDecl):
+                mod.defs.append(item)
+            elif isinstance(item, ast.SectionDecl):
+                mod.sections.append(item)
+            else:
+                kind, value = item
+                target = {"keys": mod.keys, "data": mod.data, "loss": mod.losses, "metric": mod.metrics,
+                          "optimizer": mod.optimizer, "schedule": mod.schedule}[kind]
+                if isinstance(value, list):
+                    target.extend(value)
+                else:
+                    target.append(value)
+        return mod

@@ -1,0 +1,769 @@
+"""Resolve: AST + imports + overrides -> `ir.Program`.
+
+Overrides replace expressions *before* anything is evaluated, so `dim=512` reaches every use of
+`dim`. `let`s are evaluated lazily, once, in their own file's scope; templates (`def`) are
+expanded into nested models with their internal keys namespaced by the instance name. Each
+node is held against the registry: its name, its constructor's arguments and its ports.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from l3m import registry
+from l3m.config import SECTION_SCHEMAS, section_fields
+from l3m.dsl import ast
+from l3m.dsl.diagnostics import Diagnostic, SourceCache, did_you_mean
+from l3m.dsl.ir import STAGES, Binding, Call, KeyDecl, ModelInfo, Node, Program, Section, Span
+from l3m.dsl.parser import LANGUAGE_VERSION, ParseFailure, parse, parse_expr
+from l3m.dsl.typecheck import Symbol, describe, mismatch
+
+MAX_FILE_BYTES = 16 * 1024 * 1024
+# Which registry kinds a node may name, by where it stands.
+ROLE_KINDS = {"data": ("source", "generator"), "block": ("block",), "loss": ("loss",), "metric": ("metric",),
+              "optimizer": ("optimizer",), "schedule": ("schedule",)}
+# Leading factory parameters filled by the trainer, not the file.
+_SKIP_PARAMS = {"optimizer": 1, "schedule": 2}
+_INTERP = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*)(:-([^}]*))?\}")
+
+
+class _Fail(Exception):
+    """Aborts evaluating one expression; its diagnostic is already recorded."""
+
+
+@dataclass
+class _Override:
+    path: str
+    expr: ast.Expr
+    span: Span
+    used: bool = False
+
+
+@dataclass
+class _ModuleScope:
+    module: ast.Module
+    file: str
+    lets: dict[str, ast.LetDecl] = field(default_factory=dict)
+    defs: dict[str, ast.DefDecl] = field(default_factory=dict)
+    imports: dict[str, _ModuleScope] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+    evaluating: set[str] = field(default_factory=set)
+    used_imports: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Env:
+    """Where names are looked up: a module's lets and imports, plus a template's parameters."""
+
+    scope: _ModuleScope
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    program: Program | None
+    diagnostics: list[Diagnostic]
+    sources: SourceCache
+
+    @property
+    def ok(self) -> bool:
+        return not any(d.is_error for d in self.diagnostics)
+
+
+def read_source(path: str) -> str:
+    """Read a `.l3m` file, refusing what is not reasonable source text (raises OSError/ValueError)."""
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"'{path}' is a directory")
+    size = p.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"'{path}' is {size} bytes; .l3m files are limited to {MAX_FILE_BYTES // (1024 * 1024)} MiB")
+    data = p.read_bytes()
+    if b"\0" in data:
+        raise ValueError(f"'{path}' is not a text file (it contains NUL bytes)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"'{path}' is not UTF-8 text (invalid byte at offset {e.start})") from None
+
+
+class Resolver:
+    def __init__(self, overrides: list[str] | tuple[str, ...] = (), extensions: tuple[str, ...] = ()):
+        self.diags: list[Diagnostic] = []
+        self.sources = SourceCache()
+        self.modules: dict[str, _ModuleScope] = {}
+        self.chains: dict[str, tuple[str, ...]] = {}
+        self.loading: list[str] = []
+        self.context: list[tuple[str, Span]] = []
+        self.override_texts = list(overrides)
+        self.overrides: dict[str, _Override] = {}
+        self.valid_paths: set[str] = set()
+        self.cli_extensions = extensions
+        self.program: Program | None = None
+        self.index = 0
+
+    # ------------------------------------------------------------------ diagnostics
+    def error(self, code: str, message: str, span: Span | None, help: str | None = None,
+              notes: list[tuple[str, Span | None]] | None = None) -> None:
+        if span is not None and not span.chain and span.file in self.chains:
+            span = replace(span, chain=self.chains[span.file])
+        all_notes = [(f"in the instance of '{name}' at {where}", None) for name, where in reversed(self.context)]
+        self.diags.append(Diagnostic(code, message, span, help, (notes or []) + all_notes))
+
+    # ------------------------------------------------------------------ files
+    def load(self, path: str, import_span: Span | None = None) -> _ModuleScope | None:
+        real = os.path.realpath(path)
+        if real in self.loading:
+            cycle = " -> ".join(os.path.relpath(p) for p in self.loading[self.loading.index(real):] + [real])
+            self.error("E402", f"import cycle: {cycle}", import_span)
+            return None
+        if real in self.modules:
+            return self.modules[real]
+        shown = os.path.relpath(path) if not os.path.isabs(path) or path.startswith(os.getcwd()) else path
+        try:
+            text = read_source(path)
+        except FileNotFoundError:
+            code = "E401" if import_span else "E002"
+            self.error(code, f"cannot read '{path}': no such file", import_span)
+            return None
+        except (OSError, ValueError) as e:
+            code = "E401" if import_span else "E002"
+            self.error(code, f"cannot read {e}" if isinstance(e, ValueError) else f"cannot read '{path}': {e.strerror or e}",
+                       import_span)
+            return None
+        self.sources.add(shown, text)
+        try:
+            module = parse(text, shown)
+        except ParseFailure as e:
+            self.error(e.diagnostic.code, e.diagnostic.message, e.diagnostic.span, e.diagnostic.help)
+            return None
+        if module.version != LANGUAGE_VERSION:
+            self.error("E003", f"this is l3m language version {LANGUAGE_VERSION}; the file asks for version "
+                       f"{module.version}", module.version_span)
+        scope = _ModuleScope(module, shown)
+        self.modules[real] = scope
+        self.loading.append(real)
+        try:
+            self._index_module(scope)
+        finally:
+            self.loading.pop()
+        return scope
+
+    def _index_module(self, scope: _ModuleScope) -> None:
+        m = scope.module
+        for let in m.lets:
+            if let.name in scope.lets:
+                self.error("E207", f"'{let.name}' is defined twice", let.span,
+                           notes=[("first defined here", scope.lets[let.name].span)])
+            scope.lets[let.name] = let
+        for d in m.defs:
+            if d.name in scope.defs:
+                self.error("E207", f"template '{d.name}' is defined twice", d.span)
+            scope.defs[d.name] = d
+        base = os.path.dirname(scope.file)
+        for imp in m.imports:
+            target = os.path.normpath(os.path.join(base, imp.path))
+            here = f"{imp.span}"
+            child_file = os.path.relpath(target) if not os.path.isabs(imp.path) else target
+            self.chains.setdefault(child_file, self.chains.get(scope.file, ()) + (here,))
+            child = self.load(target, imp.span)
+            if child is not None:
+                if imp.alias in scope.imports:
+                    self.error("E207", f"import name '{imp.alias}' is used twice", imp.alias_span)
+                scope.imports[imp.alias] = child
+
+    # ------------------------------------------------------------------ evaluation
+    def eval(self, expr: ast.Expr, env: _Env, symbols: bool = True) -> Any:
+        try:
+            return self._eval(expr, env, symbols)
+        except RecursionError:
+            self.error("E004", "the expression nests too deeply", expr.span)
+            raise _Fail from None
+
+    def _eval(self, e: ast.Expr, env: _Env, symbols: bool) -> Any:
+        if isinstance(e, ast.Const):
+            return e.value
+        if isinstance(e, ast.Str):
+            return self._interpolate(e, env)
+        if isinstance(e, ast.ListExpr):
+            return [self._eval(i, env, symbols) for i in e.items]
+        if isinstance(e, ast.Ref):
+            return self._lookup(e, env, symbols)
+        if isinstance(e, ast.Neg):
+            v = self._eval(e.operand, env, False)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                self.error("E404", f"cannot negate {describe(v)}", e.span)
+                raise _Fail
+            return -v
+        if isinstance(e, ast.BinOp):
+            a, b = self._eval(e.left, env, False), self._eval(e.right, env, False)
+            return self._binop(e, a, b)
+        raise AssertionError(f"unknown expression {type(e).__name__}")
+
+    def _binop(self, e: ast.BinOp, a: Any, b: Any) -> Any:
+        num = (int, float)
+        if e.op == "+" and isinstance(a, str) and isinstance(b, str):
+            return a + b
+        if e.op == "+" and isinstance(a, list) and isinstance(b, list):
+            return a + b
+        if e.op == "*" and isinstance(a, list) and isinstance(b, int) and not isinstance(b, bool):
+            return a * b
+        if not (isinstance(a, num) and isinstance(b, num)) or isinstance(a, bool) or isinstance(b, bool):
+            self.error("E404", f"cannot apply '{e.op}' to {describe(a)} and {describe(b)}", e.span)
+            raise _Fail
+        try:
+            if e.op == "+":
+                return a + b
+            if e.op == "-":
+                return a - b
+            if e.op == "*":
+                return a * b
+            if e.op == "/":
+                return a / b
+            if e.op == "//":
+                return a // b
+            if e.op == "%":
+                return a % b
+            if e.op == "**":
+                if abs(b) > 64 or abs(a) > 2**32:
+                    self.error("E404", "exponent too large", e.span)
+                    raise _Fail
+                return a**b
+        except ZeroDivisionError:
+            self.error("E404", "division by zero", e.span)
+            raise _Fail from None
+        except OverflowError:
+            self.error("E404", "the result is too large", e.span)
+            raise _Fail from None
+        raise AssertionError(e.op)
+
+    def _lookup(self, ref: ast.Ref, env: _Env, symbols: bool) -> Any:
+        parts = ref.parts
+        if len(parts) == 1 and parts[0] in env.params:
+            return env.params[parts[0]]
+        scope = env.scope
+        name = parts[-1]
+        if len(parts) == 2 and parts[0] in scope.imports:
+            scope.used_imports.add(parts[0])
+            scope = scope.imports[parts[0]]
+        elif len(parts) > 1:
+            self.error("E403", f"'{ref.dotted}' is not defined: '{parts[0]}' is not an imported namespace", ref.span,
+                       did_you_mean(parts[0], scope.imports))
+            raise _Fail
+        if name in scope.lets:
+            return self._let_value(scope, name)
+        if len(parts) == 1 and symbols:
+            return Symbol(name)
+        visible = list(scope.lets) + list(env.params)
+        self.error("E403", f"'{ref.dotted}' is not defined", ref.span, did_you_mean(name, visible))
+        raise _Fail
+
+    def _let_value(self, scope: _ModuleScope, name: str) -> Any:
+        if name in scope.values:
+            return scope.values[name]
+        let = scope.lets[name]
+        if name in scope.evaluating:
+            self.error("E404", f"'{name}' depends on itself", let.span)
+            raise _Fail
+        scope.evaluating.add(name)
+        try:
+            expr = let.value
+            ov = self.overrides.get(name) if scope is self.main else None
+            if ov is not None:
+                ov.used = True
+                expr = ov.expr
+            value = self._eval(expr, _Env(self.main if ov else scope), True)
+        finally:
+            scope.evaluating.discard(name)
+        scope.values[name] = value
+        return value
+
+    def _interpolate(self, s: ast.Str, env: _Env) -> str:
+        def sub(m: re.Match) -> str:
+            name, default = m.group(1), m.group(3)
+            parts = name.split(".")
+            if len(parts) == 1 and (parts[0] in env.params or parts[0] in env.scope.lets) or (
+                    len(parts) == 2 and parts[0] in env.scope.imports):
+                value = self._lookup(ast.Ref(s.span, parts), env, False)
+                return str(value)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            self.error("E403", f"'${{{name}}}' is neither a let nor a set environment variable", s.span,
+                       f"give a default: \"${{{name}:-value}}\"")
+            raise _Fail
+
+        return _INTERP.sub(sub, s.raw)
+
+    # ------------------------------------------------------------------ overrides
+    def _parse_overrides(self) -> None:
+        for i, text in enumerate(self.override_texts):
+            file = f"<override {i + 1}>"
+            self.sources.add(file, text)
+            path, eq, value = text.partition("=")
+            path = path.strip()
+            whole = Span(file, 1, 1, 1, len(text) + 1)
+            if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", path):
+                self.error("E501", f"malformed override '{text}'; write PATH=VALUE, e.g. train.steps=100", whole)
+                continue
+            vcol = len(text) - len(value.lstrip()) + 1
+            try:
+                expr = parse_expr(value.strip() or '""', file)
+            except ParseFailure:
+                expr = ast.Str(Span(file, 1, vcol, 1, len(text) + 1), value.strip().replace("\\", "\\\\"))
+            expr = _shift(expr, vcol - 1)
+            if path in self.overrides:
+                self.error("E501", f"'{path}' is overridden twice", whole)
+            self.overrides[path] = _Override(path, expr, Span(file, 1, 1, 1, len(path) + 1))
+
+    def _override(self, path: str) -> ast.Expr | None:
+        self.valid_paths.add(path)
+        ov = self.overrides.get(path)
+        if ov is None:
+            return None
+        ov.used = True
+        return ov.expr
+
+    def _report_unused_overrides(self) -> None:
+        for ov in self.overrides.values():
+            if not ov.used:
+                self.error("E501", f"override '{ov.path}' names nothing in the program", ov.span,
+                           did_you_mean(ov.path, self.valid_paths))
+
+    # ------------------------------------------------------------------ the program
+    def resolve(self, path: str) -> Result:
+        self._parse_overrides()
+        scope = self.load(path)
+        if scope is None:
+            return Result(None, self.diags, self.sources)
+        self.main = scope
+        prog = Program(file=scope.file, overrides=list(self.override_texts))
+        self.program = prog
+        prog.imports = [s.file for s in self.modules.values() if s is not scope]
+        mod = scope.module
+        env = _Env(scope)
+        self.valid_paths.update(scope.lets)
+        self._extensions(mod, prog)
+        for name in scope.lets:  # evaluate every let, so errors show even in unused ones
+            try:
+                prog.lets[name] = self._let_value(scope, name)
+            except _Fail:
+                pass
+        for k in mod.keys:
+            if k.name in prog.keys:
+                self.error("E207", f"key '{k.name}' is declared twice", k.span)
+            prog.keys[k.name] = KeyDecl(k.name, k.dtype, k.shape, k.span)
+        for n in mod.data:
+            self._node(n, env, "data", path=f"data.{n.name}")
+        if len(mod.models) > 1:
+            self.error("E603", "a file declares one model; nest the others inside it", mod.models[1].span)
+        for m in mod.models[:1]:
+            self._model_item(m, env, parent=None, key_map=None, override_prefix="model")
+        for n in mod.losses:
+            self._node(n, env, "loss", path=f"loss.{n.name}")
+        for n in mod.metrics:
+            self._node(n, env, "metric", path=f"metric.{n.name}")
+        for kind in ("optimizer", "schedule"):
+            calls = getattr(mod, kind)
+            for extra in calls[1:]:
+                self.error("E603", f"'{kind}' is declared twice", extra.span)
+            if calls:
+                setattr(prog, kind, self._call(calls[0], env, kind, ROLE_KINDS[kind], f"{kind}"))
+        self._sections(mod, env, prog)
+        self._report_unused_overrides()
+        for alias, child in scope.imports.items():
+            if alias not in scope.used_imports:
+                imp = next(i for i in mod.imports if i.alias == alias)
+                self.error("W103", f"import '{alias}' is never used", imp.alias_span)
+        return Result(prog, self.diags, self.sources)
+
+    def _extensions(self, mod: ast.Module, prog: Program) -> None:
+        wanted = [(e.module, e.span) for e in mod.extensions] + [(m, None) for m in self.cli_extensions]
+        for module, span in wanted:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", module):
+                self.error("E405", f"'{module}' is not a Python module name", span)
+                continue
+            try:
+                importlib.import_module(module)
+            except Exception as e:  # an extension's own failure, reported rather than raised
+                self.error("E405", f"extension '{module}' could not be imported: {type(e).__name__}: {e}", span)
+                continue
+            prog.extensions.append((module, span))
+            self.error("N001", f"loads extension module '{module}'", span)
+
+    def _sections(self, mod: ast.Module, env: _Env, prog: Program) -> None:
+        seen: dict[str, ast.SectionDecl] = {}
+        for sec in mod.sections:
+            if sec.name in seen:
+                self.error("E603", f"section '{sec.name}' appears twice", sec.span)
+                continue
+            seen[sec.name] = sec
+        for name in SECTION_SCHEMAS:
+            sec = seen.get(name)
+            out = Section(name, sec.span if sec else None)
+            fields_ = section_fields(name)
+            self.valid_paths.update(f"{name}.{f}" for f in fields_)
+            given: dict[str, tuple[ast.Expr, Span]] = {}
+            for s in sec.settings if sec else []:
+                if s.name in given:
+                    self.error("E207", f"'{name}.{s.name}' is set twice", s.span)
+                given[s.name] = (s.value, s.span)
+            for f in fields_:
+                ov = self._override(f"{name}.{f}")
+                if ov is not None:
+                    given[f] = (ov, ov.span)
+            for key, (expr, span) in given.items():
+                if key not in fields_:
+                    self.error("E602", f"'{name}' has no setting '{key}'", span, did_you_mean(key, fields_))
+                    continue
+                try:
+                    value = self.eval(expr, env)
+                except _Fail:
+                    continue
+                wrong = mismatch(value, fields_[key])
+                if wrong:
+                    self.error("E602", f"'{name}.{key}' must be {wrong}, not {describe(value)}", expr.span,
+                               did_you_mean(value, _literal_options(fields_[key])) if isinstance(value, str) else None)
+                    continue
+                out.values[key] = value
+                out.spans[key] = expr.span
+            prog.sections[name] = out
+
+    # ------------------------------------------------------------------ models
+    def _model_item(self, item: ast.ModelDecl | ast.ModelInst, env: _Env, parent: str | None,
+                    key_map: dict[str, str] | None, override_prefix: str) -> None:
+        path = f"{parent}.{item.name}" if parent else item.name
+        prog = self.program
+        if any(m.path == path for m in prog.models):
+            self.error("E207", f"model '{path}' is declared twice", item.span)
+            return
+        if isinstance(item, ast.ModelInst):
+            self._instance(item, env, parent, key_map, override_prefix)
+            return
+        prog.models.append(ModelInfo(path, item.name, item.span, parent))
+        self._model_body(item, env, path, key_map, override_prefix)
+
+    def _model_body(self, body: ast.ModelDecl, env: _Env, path: str, key_map: dict[str, str] | None,
+                    override_prefix: str) -> None:
+        seen_stages: dict[str, Span] = {}
+        for entry in body.order:
+            if isinstance(entry, ast.StageDecl):
+                if entry.name in seen_stages:
+                    self.error("E207", f"stage '{entry.name}' appears twice in model '{path}'", entry.span,
+                               notes=[("first here", seen_stages[entry.name])])
+                seen_stages[entry.name] = entry.span
+                for n in entry.nodes:
+                    self._node(n, env, "block", path=f"{path}.{entry.name}.{n.name}", model=path, stage=entry.name,
+                               key_map=key_map, override_path=f"{override_prefix}.{entry.name}.{n.name}")
+            else:
+                sub_prefix = f"{override_prefix}.{entry.name}"
+                self._model_item(entry, env, path, key_map, sub_prefix)
+
+    def _instance(self, inst: ast.ModelInst, env: _Env, parent: str | None, key_map: dict[str, str] | None,
+                  override_prefix: str) -> None:
+        path = f"{parent}.{inst.name}" if parent else inst.name
+        d, def_scope = self._find_def(inst.call, env)
+        if d is None:
+            return
+        params: dict[str, Any] = {}
+        param_names = [p.name for p in d.params]
+        given: dict[str, tuple[ast.Expr, Span, _Env]] = {}
+        positional = [a for a in inst.call.args if a.name is None]
+        if len(positional) > len(d.params):
+            self.error("E206", f"template '{d.name}' takes {len(d.params)} arguments, {len(positional)} given",
+                       positional[len(d.params)].span)
+        for p, a in zip(d.params, positional):
+            given[p.name] = (a.value, a.span, env)
+        for a in inst.call.args:
+            if a.name is None:
+                continue
+            if a.name not in param_names:
+                self.error("E203", f"template '{d.name}' has no parameter '{a.name}'", a.span,
+                           did_you_mean(a.name, param_names))
+                continue
+            if a.name in given:
+                self.error("E207", f"argument '{a.name}' is given twice", a.span)
+            given[a.name] = (a.value, a.span, env)
+        inner_env = _Env(def_scope, params)
+        for p in d.params:
+            ov = self._override(f"{override_prefix}.{p.name}")
+            if ov is not None:
+                given[p.name] = (ov, ov.span, _Env(self.main))
+            try:
+                if p.name in given:
+                    expr, _span, e = given[p.name]
+                    params[p.name] = self.eval(expr, e)
+                elif p.default is not None:
+                    params[p.name] = self.eval(p.default, inner_env)
+                else:
+                    self.error("E204", f"template '{d.name}' needs the argument '{p.name}'", inst.call.span)
+                    params[p.name] = None
+            except _Fail:
+                params[p.name] = None
+        # The instance's ports -> the caller's keys; everything else stays inside the instance.
+        new_map: dict[str, str] = {}
+        outer = key_map or {}
+        for ports, bound, direction in ((d.inputs, inst.reads, "input"), (d.outputs, inst.writes, "output")):
+            names = [n for n, _ in ports]
+            pos = [b for b in bound if b.port is None]
+            if len(pos) > len(names):
+                self.error("E301", f"template '{d.name}' has {len(names)} {direction} ports, {len(pos)} keys bound",
+                           pos[len(names)].span)
+            for (pname, _), b in zip(ports, pos):
+                new_map[pname] = outer.get(b.key, b.key)
+            for b in bound:
+                if b.port is None:
+                    continue
+                if b.port not in names:
+                    self.error("E301", f"template '{d.name}' has no {direction} port '{b.port}'", b.span,
+                               did_you_mean(b.port, names))
+                    continue
+                new_map[b.port] = outer.get(b.key, b.key)
+            for pname, pspan in ports:
+                if pname not in new_map:
+                    self.error("E302", f"{direction} port '{pname}' of template '{d.name}' is not bound", inst.span)
+        new_map["__prefix__"] = path
+        self.program.models.append(ModelInfo(path, inst.name, inst.span, parent))
+        self.context.append((d.name, inst.span))
+        try:
+            self._model_body(d.body, inner_env, path, new_map, override_prefix)
+        finally:
+            self.context.pop()
+
+    def _find_def(self, call: ast.CallExpr, env: _Env) -> tuple[ast.DefDecl | None, _ModuleScope | None]:
+        scope = env.scope
+        if len(call.parts) == 2 and call.parts[0] in scope.imports:
+            scope.used_imports.add(call.parts[0])
+            scope = scope.imports[call.parts[0]]
+        elif len(call.parts) != 1:
+            self.error("E201", f"'{call.dotted}' is not a template: '{call.parts[0]}' is not an imported namespace",
+                       call.span, did_you_mean(call.parts[0], scope.imports))
+            return None, None
+        name = call.parts[-1]
+        if name in scope.defs:
+            return scope.defs[name], scope
+        entry = registry.lookup(name)
+        if entry is not None:
+            self.error("E202", f"'{name}' is {registry.KIND_PHRASE[entry.kind]}, not a template; "
+                       "put blocks inside a stage", call.span)
+        else:
+            self.error("E201", f"no template named '{call.dotted}'", call.span, did_you_mean(name, scope.defs))
+        return None, None
+
+    # ------------------------------------------------------------------ nodes
+    def _node(self, n: ast.NodeDecl, env: _Env, where: str, path: str, model: str = "", stage: str | None = None,
+              key_map: dict[str, str] | None = None, override_path: str | None = None) -> None:
+        prog = self.program
+        override_path = override_path or path
+        if any(x.path == path for x in prog.nodes):
+            self.error("E207", f"'{n.name}' is declared twice here", n.span)
+            return
+        call = self._call(n.call, env, where, ROLE_KINDS[where], override_path)
+        if call is None:  # keep its keys in the dataflow, so one bad name does not cascade
+            role = {"data": "generator" if n.reads else "source"}.get(where, where)
+            stub = Node(n.name, path, role, Call(n.call.dotted, n.call.span), n.span, self.index, model, stage,
+                        valid=False)
+            stub.reads = [Binding(self._map_key(r.key, key_map), r.span, r.port, r.overwrite) for r in n.reads]
+            stub.writes = [Binding(self._map_key(r.key, key_map), r.span, r.port, r.overwrite) for r in n.writes]
+            self.index += 1
+            prog.nodes.append(stub)
+            return
+        entry = registry.lookup(call.type_name)
+        role = entry.kind if where == "data" else where
+        weight = 1.0
+        if where == "loss":
+            wexpr = self._override(f"{override_path}.weight") or n.weight
+            if wexpr is not None:
+                try:
+                    weight = self.eval(wexpr, env, symbols=False)
+                    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                        self.error("E205", f"a loss weight must be a number, not {describe(weight)}", wexpr.span)
+                        weight = 1.0
+                except _Fail:
+                    pass
+        node = Node(name=n.name, path=path, role=role, call=call, span=n.span, index=self.index, model=model,
+                    stage=stage, weight=float(weight))
+        self.index += 1
+        depth = call.kwargs.get("depth")
+        if isinstance(depth, int) and not isinstance(depth, bool):
+            node.repeat = depth
+        node.reads = self._bind(n.reads, entry, entry.inputs, "input", n.call.span, key_map)
+        node.writes = self._bind(n.writes, entry, entry.outputs, "output", n.call.span, key_map)
+        if role == "source" and node.reads:
+            self.error("E301", f"data source '{entry.name}' reads no keys", node.reads[0].span)
+        prog.nodes.append(node)
+
+    def _bind(self, refs: list[ast.KeyRef], entry: registry.Entry, ports, direction: str, call_span: Span,
+              key_map: dict[str, str] | None) -> list[Binding]:
+        out: list[Binding] = []
+        names = [p.name for p in ports]
+        variadic = next((p for p in ports if p.variadic), None)
+        fixed = [p for p in ports if not p.variadic]
+        pos = [r for r in refs if r.port is None]
+        named = [r for r in refs if r.port is not None]
+        for i, r in enumerate(pos):
+            if i < len(fixed):
+                port = fixed[i].name
+            elif variadic is not None:
+                port = variadic.name
+            else:
+                self.error("E301", f"'{entry.name}' has {len(fixed)} {direction} port{'s' * (len(fixed) != 1)} "
+                           f"({', '.join(names) or 'none'}); this key has no port to bind to", r.span)
+                continue
+            out.append(Binding(self._map_key(r.key, key_map), r.span, port, r.overwrite))
+        for r in named:
+            if r.port not in names:
+                self.error("E301", f"'{entry.name}' has no {direction} port '{r.port}'", r.span,
+                           did_you_mean(r.port, names) or f"its {direction} ports are: {', '.join(names) or 'none'}")
+                continue
+            if any(b.port == r.port for b in out) and not (variadic and r.port == variadic.name):
+                self.error("E207", f"{direction} port '{r.port}' is bound twice", r.span)
+                continue
+            out.append(Binding(self._map_key(r.key, key_map), r.span, r.port, r.overwrite))
+        bound = {b.port for b in out}
+        for p in ports:
+            if not p.optional and p.name not in bound:
+                self.error("E302", f"{direction} port '{p.name}' of '{entry.name}' is not bound", call_span,
+                           f"'{entry.name}' {'reads' if direction == 'input' else 'writes'}: "
+                           + ", ".join(q.name + ("?" if q.optional else "") for q in ports))
+        return out
+
+    @staticmethod
+    def _map_key(key: str, key_map: dict[str, str] | None) -> str:
+        if key_map is None:
+            return key
+        if key in key_map and key != "__prefix__":
+            return key_map[key]
+        return f"{key_map['__prefix__']}.{key}"
+
+    def _call(self, c: ast.CallExpr, env: _Env, where: str, kinds: tuple[str, ...], override_path: str) -> Call | None:
+        name = c.dotted
+        entry = registry.lookup(name) if len(c.parts) == 1 else None
+        if entry is None:
+            if len(c.parts) > 1 or name in env.scope.defs:
+                self.error("E202", f"'{name}' is a template; instantiate it with `model NAME = {name}(...) ins -> outs`",
+                           c.span)
+                return None
+            pool = [n for k in kinds for n in registry.names(k)]
+            phrase = " or ".join(registry.KIND_PHRASE[k].split(" ", 1)[1] for k in kinds)
+            self.error("E201", f"unknown {phrase} '{name}'", c.span,
+                       did_you_mean(name, pool) or f"run `l3m blocks` to list {phrase}s")
+            return None
+        if entry.kind not in kinds:
+            phrase = " or ".join(registry.KIND_PHRASE[k] for k in kinds)
+            self.error("E202", f"'{name}' is {registry.KIND_PHRASE[entry.kind]}, but {phrase} is expected here", c.span)
+            return None
+        params = list(entry.signature.parameters.values())[_SKIP_PARAMS.get(entry.kind, 0):]
+        by_name = {p.name: p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        accepts_any = any(p.kind is p.VAR_KEYWORD for p in params)
+        positional_ok = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        call = Call(name, c.span)
+        values: dict[str, tuple[Any, Span]] = {}
+        pos_args = [a for a in c.args if a.name is None]
+        if len(pos_args) > len(positional_ok):
+            self.error("E206", f"'{name}' takes {len(positional_ok)} positional argument"
+                       f"{'s' * (len(positional_ok) != 1)}, {len(pos_args)} given", pos_args[len(positional_ok)].span)
+        pairs: list[tuple[str, ast.Expr, Span]] = []
+        for p, a in zip(positional_ok, pos_args):
+            pairs.append((p.name, a.value, a.span))
+        for a in c.args:
+            if a.name is None:
+                continue
+            if a.name not in by_name and not accepts_any:
+                self.error("E203", f"'{name}' has no argument '{a.name}'", a.span,
+                           did_you_mean(a.name, by_name) or f"its arguments are: {', '.join(by_name) or 'none'}")
+                continue
+            if any(n == a.name for n, _, _ in pairs):
+                self.error("E207", f"argument '{a.name}' is given twice", a.span)
+                continue
+            pairs.append((a.name, a.value, a.span))
+        for pname in by_name:
+            self.valid_paths.add(f"{override_path}.{pname}")
+        overridden = set()
+        for pname in by_name:
+            ov = self._override(f"{override_path}.{pname}")
+            if ov is not None:
+                pairs = [(n, e, s) for n, e, s in pairs if n != pname] + [(pname, ov, ov.span)]
+                overridden.add(pname)
+        hints = entry.type_hints
+        for pname, expr, span in pairs:
+            value_env = _Env(self.main) if pname in overridden else env
+            try:
+                value = self.eval(expr, value_env)
+            except _Fail:
+                values[pname] = (None, span)
+                continue
+            ann = hints.get(pname, by_name[pname].annotation if pname in by_name else None)
+            wrong = mismatch(value, ann) if ann is not None else None
+            if wrong:
+                if isinstance(value, Symbol) and "string" not in wrong and "'" not in wrong:
+                    visible = list(env.scope.lets) + list(env.params)
+                    self.error("E403", f"'{value}' is not defined", expr.span, did_you_mean(value, visible))
+                else:
+                    opts = _literal_options(ann)
+                    self.error("E205", f"argument '{pname}' of '{name}' must be {wrong}, not {describe(value)}",
+                               expr.span, did_you_mean(value, opts) if isinstance(value, str) and opts else None)
+            values[pname] = (_plain(value), span)
+        for p in params:
+            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in values:
+                self.error("E204", f"'{name}' needs the argument '{p.name}'", c.span)
+        for pname, (value, span) in values.items():
+            call.kwargs[pname] = value
+            call.kwarg_spans[pname] = span
+        return call
+
+
+def _plain(value: Any) -> Any:
+    """Symbols become ordinary strings once they have been type-checked."""
+    if isinstance(value, Symbol):
+        return str(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _literal_options(ann: Any) -> list[str]:
+    import typing
+
+    if typing.get_origin(ann) is typing.Literal:
+        return [a for a in typing.get_args(ann) if isinstance(a, str)]
+    out: list[str] = []
+    for a in typing.get_args(ann):
+        out += _literal_options(a)
+    return out
+
+
+def _shift(expr: ast.Expr, cols: int) -> ast.Expr:
+    """Move an override value's spans to where the value stands in `PATH=VALUE`."""
+    if cols == 0:
+        return expr
+    for obj in _walk(expr):
+        s = obj.span
+        obj.span = Span(s.file, s.line, s.col + cols, s.end_line, s.end_col + cols)
+    return expr
+
+
+def _walk(expr: ast.Expr):
+    stack = [expr]
+    while stack:
+        e = stack.pop()
+        yield e
+        if isinstance(e, ast.ListExpr):
+            stack.extend(e.items)
+        elif isinstance(e, ast.BinOp):
+            stack.extend((e.left, e.right))
+        elif isinstance(e, ast.Neg):
+            stack.append(e.operand)
+
+
+def resolve(path: str, overrides: list[str] | tuple[str, ...] = (), extensions: tuple[str, ...] = ()) -> Result:
+    return Resolver(overrides, extensions).resolve(path)
+
+
+__all__ = ["Result", "resolve", "read_source", "STAGES"]

@@ -1,0 +1,163 @@
+"""Schedule: the program's dataflow as a networkx DiGraph over nodes and *versioned* keys.
+
+A write creates a new version of its key; a read sees the latest version written by a node
+declared before it (or, failing that, the first one written after it, which the checker then
+flags as a cycle or a backward flow). So `x -> x` is a refinement, never a cycle, and the graph
+of a sound program is always a DAG. Declaration order breaks ties, so the order is stable.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from l3m.dsl.diagnostics import Diagnostic, did_you_mean
+from l3m.dsl.ir import STAGES, Binding, Node, Program
+
+_PHASE = {"source": 0, "generator": 0, "block": 1, "loss": 2, "metric": 2}
+
+
+@dataclass
+class Write:
+    node: Node
+    binding: Binding
+    version: int
+    readers: list[Node] = field(default_factory=list)
+
+
+@dataclass
+class Dataflow:
+    graph: nx.DiGraph  # nodes: node paths and ("key", name, version); edges carry `key`
+    order: list[str]  # node paths in a valid execution order (sources first)
+    diagnostics: list[Diagnostic]
+    reads: dict[tuple[str, int], Write]  # (node path, binding index) -> the write it sees
+    writes: dict[str, list[Write]]  # key -> its versions in declaration order
+
+    def model_order(self) -> list[str]:
+        """Block paths in execution order: what the MetaModel's forward runs."""
+        return [p for p in self.order if self.graph.nodes[p]["node"].role == "block"]
+
+
+def key_node(key: str, version: int) -> tuple[str, str, int]:
+    return ("key", key, version)
+
+
+def dataflow(program: Program) -> Dataflow:
+    diags: list[Diagnostic] = []
+    g = nx.DiGraph()
+    nodes = sorted(program.nodes, key=lambda n: n.index)
+    writes: dict[str, list[Write]] = defaultdict(list)
+    by_path = {n.path: n for n in nodes}
+
+    # Pass 1: every write is a version. Sources are alternatives, so they share version 0.
+    for n in nodes:
+        g.add_node(n.path, node=n)
+        reads_here = set(n.read_keys)
+        for b in n.writes:
+            versions = writes[b.key]
+            if n.role == "source":
+                if versions and versions[0].node.role == "source":  # another alternative writer
+                    g.add_edge(n.path, key_node(b.key, 0), key=b.key)
+                    continue
+                w = Write(n, b, 0)
+            else:
+                if versions and b.key not in reads_here and not b.overwrite:
+                    prev = versions[-1].node
+                    diags.append(Diagnostic(
+                        "E102", f"key '{b.key}' is already written by {_what(prev)}; '{n.name}' writes it again "
+                        "without reading it", b.span,
+                        f"write `!{b.key}` to overwrite on purpose, or give the new value another name",
+                        [(f"{_what(prev)} writes it here", versions[-1].binding.span)]))
+                w = Write(n, b, len(versions))
+            versions.append(w)
+            g.add_node(key_node(b.key, w.version), key=b.key, version=w.version)
+            g.add_edge(n.path, key_node(b.key, w.version), key=b.key)
+
+    _check_sources(program, diags)
+
+    # Pass 2: every read sees one version.
+    reads: dict[tuple[str, int], Write] = {}
+    all_keys = list(writes)
+    for n in nodes:
+        for i, b in enumerate(n.reads):
+            versions = [w for w in writes.get(b.key, []) if w.node is not n]
+            if not versions:
+                what = "nothing writes" if b.key not in writes else "only it writes"
+                diags.append(Diagnostic("E101", f"{_what(n)} reads key '{b.key}', which {what}", b.span,
+                                        did_you_mean(b.key, all_keys)))
+                continue
+            earlier = [w for w in versions if w.node.index < n.index]
+            w = earlier[-1] if earlier else versions[0]
+            reads[(n.path, i)] = w
+            w.readers.append(n)
+            g.add_edge(key_node(b.key, w.version), n.path, key=b.key)
+            _check_direction(w.node, n, b, diags)
+
+    # Cycles: reads of keys written only later can close a loop.
+    node_graph = nx.DiGraph()
+    node_graph.add_nodes_from(n.path for n in nodes)
+    for (reader, _), w in reads.items():
+        node_graph.add_edge(w.node.path, reader)
+    order: list[str] = []
+    if nx.is_directed_acyclic_graph(node_graph):
+        index = {n.path: n.index for n in nodes}
+        order = list(nx.lexicographical_topological_sort(node_graph, key=index.__getitem__))
+    else:
+        cycle = nx.find_cycle(node_graph)
+        names = [by_path[a].name for a, _ in cycle] + [by_path[cycle[0][0]].name]
+        first = by_path[cycle[0][0]]
+        diags.append(Diagnostic("E103", "the dataflow has a cycle: " + " -> ".join(names), first.span,
+                                "a node reads a key that is written only after it, by a node that depends on it"))
+
+    # Outputs nobody reads.
+    for key, versions in writes.items():
+        for w in versions:
+            if not w.readers and w.node.role in ("block", "generator"):
+                diags.append(Diagnostic("W101", f"key '{key}' written by {_what(w.node)} is never read",
+                                        w.binding.span))
+    for k in program.keys.values():
+        if k.name not in writes:
+            diags.append(Diagnostic("W102", f"key '{k.name}' is declared but never written", k.span))
+    return Dataflow(g, order, diags, reads, dict(writes))
+
+
+def _what(n: Node) -> str:
+    role = {"source": "data source", "generator": "generator", "block": "block"}.get(n.role, n.role)
+    return f"{role} '{n.name}'"
+
+
+def _check_sources(program: Program, diags: list[Diagnostic]) -> None:
+    sources = program.of_role("source")
+    if len(sources) < 2:
+        return
+    first = sources[0]
+    want = set(first.write_keys)
+    for s in sources[1:]:
+        got = set(s.write_keys)
+        if got != want:
+            missing, extra = sorted(want - got), sorted(got - want)
+            parts = []
+            if missing:
+                parts.append(f"does not write {', '.join(map(repr, missing))}")
+            if extra:
+                parts.append(f"writes {', '.join(map(repr, extra))}")
+            diags.append(Diagnostic("E105", f"data source '{s.name}' {' and '.join(parts)}, unlike '{first.name}'",
+                                    s.span))
+
+
+def _check_direction(writer: Node, reader: Node, b: Binding, diags: list[Diagnostic]) -> None:
+    wp, rp = _PHASE[writer.role], _PHASE[reader.role]
+    if wp > rp:
+        diags.append(Diagnostic("E104", f"{_what(reader)} reads key '{b.key}', which {_what(writer)} writes later "
+                                "in the pipeline", b.span,
+                                "dataflow goes data -> model -> losses and metrics"))
+        return
+    if writer.role == reader.role == "block" and writer.model == reader.model and writer.stage and reader.stage:
+        ws, rs = STAGES.index(writer.stage), STAGES.index(reader.stage)
+        if ws > rs:
+            diags.append(Diagnostic(
+                "E104", f"block '{reader.name}' in the {reader.stage} reads key '{b.key}', which block "
+                f"'{writer.name}' writes in the later {writer.stage}", b.span,
+                "stages run preprocessor -> trunk -> postprocessor -> head"))

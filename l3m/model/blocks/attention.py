@@ -1,0 +1,133 @@
+"""Multi-head attention (self or cross, MHA/GQA/MQA) on `F.scaled_dot_product_attention`.
+
+Head counts are read from the projections' outputs at run time (`view(B, N, -1, head_dim)`),
+so the same code runs after tensor parallelism has split the heads across ranks. The fused
+projections keep each key/value group contiguous, `[q_1 .. q_rep, k, v]` per group, so that a
+column-wise shard is a set of whole groups.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel
+
+from l3m.model.blocks.embeddings import apply_rope
+from l3m.model.blocks.layers import Linear
+from l3m.model.blocks.masks import causal
+from l3m.model.blocks.norms import make_norm
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """SDPA on `[B, N, H, hd]` tensors (k/v may have fewer heads: GQA); returns `[B, N, H*hd]`.
+
+    A mask together with `is_causal` is combined into one boolean mask.
+    """
+    if mask is not None and is_causal:
+        mask = mask & causal(q.shape[1], q.device).view(1, 1, q.shape[1], q.shape[1])
+        is_causal = False
+    hq, hk = q.shape[2], k.shape[2]
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        attn_mask=mask,
+        is_causal=is_causal,
+        scale=q.shape[-1] ** -0.5,
+        enable_gqa=hq != hk,
+    )
+    return out.transpose(1, 2).flatten(2)
+
+
+class Attention(nn.Module):
+    """Self-attention over `x`, or cross-attention from `x` to `context` when `cross`."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        head_dim: int | None = None,
+        kv_heads: int | None = None,
+        qkv_bias: bool = False,
+        proj_bias: bool = False,
+        fused_qkv: bool = True,
+        qk_norm: bool = False,
+        norm: str = "layernorm",
+        norm_eps: float = 1e-6,
+        cross: bool = False,
+        context_dim: int | None = None,
+        init: str = "trunc_normal",
+        init_std: float = 0.02,
+        depth: int = 0,
+    ):
+        super().__init__()
+        hd = head_dim or dim // heads
+        kvh = kv_heads or heads
+        if heads % kvh:
+            raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kvh})")
+        self.head_dim, self.rep, self.cross, self.fused = hd, heads // kvh, cross, fused_qkv
+        cdim = context_dim or dim
+
+        def lin(i: int, o: int, bias: bool, d: int = 0) -> Linear:
+            return Linear(i, o, bias=bias, init=init, init_std=init_std, init_depth=d)
+
+        if cross:
+            self.q = lin(dim, heads * hd, qkv_bias)
+            if fused_qkv:
+                self.kv = lin(cdim, kvh * 2 * hd, qkv_bias)
+            else:
+                self.k = lin(cdim, kvh * hd, qkv_bias)
+                self.v = lin(cdim, kvh * hd, qkv_bias)
+        elif fused_qkv:
+            self.qkv = lin(dim, kvh * (self.rep + 2) * hd, qkv_bias)
+        else:
+            self.q = lin(dim, heads * hd, qkv_bias)
+            self.k = lin(dim, kvh * hd, qkv_bias)
+            self.v = lin(dim, kvh * hd, qkv_bias)
+        self.q_norm = make_norm(norm if qk_norm else "none", hd, eps=norm_eps)
+        self.k_norm = make_norm(norm if qk_norm else "none", hd, eps=norm_eps)
+        self.proj = lin(heads * hd, dim, proj_bias, depth)
+
+    def tp_plan(self) -> dict[str, ParallelStyle]:
+        names = ["q", "kv"] if self.cross and self.fused else ["qkv"] if self.fused else ["q", "k", "v"]
+        plan: dict[str, ParallelStyle] = {n: ColwiseParallel() for n in names}
+        plan["proj"] = RowwiseParallel()
+        return plan
+
+    def project(self, x: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        b, n, hd = x.shape[0], x.shape[1], self.head_dim
+        if self.cross:
+            if context is None:
+                raise ValueError("cross-attention needs a context")
+            m = context.shape[1]
+            q = self.q(x).view(b, n, -1, hd)
+            if self.fused:
+                kv = self.kv(context).view(b, m, -1, 2, hd)
+                return q, kv[..., 0, :], kv[..., 1, :]
+            return q, self.k(context).view(b, m, -1, hd), self.v(context).view(b, m, -1, hd)
+        if self.fused:
+            qkv = self.qkv(x).view(b, n, -1, self.rep + 2, hd)
+            q = qkv[..., : self.rep, :].flatten(2, 3)
+            return q, qkv[..., self.rep, :], qkv[..., self.rep + 1, :]
+        return self.q(x).view(b, n, -1, hd), self.k(x).view(b, n, -1, hd), self.v(x).view(b, n, -1, hd)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        q, k, v = self.project(x, context)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return self.proj(attend(q, k, v, mask=mask, is_causal=is_causal))

@@ -1,0 +1,233 @@
+"""Preprocessors that turn raw inputs into tokens, and positional information.
+
+Fixed tables (sin-cos positions, RoPE frequencies) are non-persistent buffers recomputed in
+`init_weights`, so they are right after a meta-device build and never bloat checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.tensor import Replicate
+from torch.distributed.tensor.parallel import ParallelStyle, RowwiseParallel
+
+from l3m.model.blocks.norms import make_norm
+from l3m.model.init import InitStyle, check_style, init_weight_
+from l3m.registry import register
+
+
+def sincos_1d(dim: int, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """`[len(positions), dim]`: first half sin(p * w_i), second half cos(p * w_i), w_i = base^(-i/(dim/2))."""
+    if dim % 2:
+        raise ValueError(f"sin-cos embeddings need an even dim, got {dim}")
+    half = dim // 2
+    omega = 1.0 / base ** (torch.arange(half, dtype=torch.float64) / half)
+    angles = positions.to(torch.float64)[:, None] * omega[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def sincos_2d(dim: int, height: int, width: int, base: float = 10000.0) -> torch.Tensor:
+    """`[height*width, dim]` in raster order: first half encodes the row, second half the column."""
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos embeddings need dim divisible by 4, got {dim}")
+    rows = torch.arange(height).repeat_interleave(width)
+    cols = torch.arange(width).repeat(height)
+    return torch.cat([sincos_1d(dim // 2, rows, base), sincos_1d(dim // 2, cols, base)], dim=1)
+
+
+@register("block")
+class PatchEmbed(nn.Module):
+    """Cuts an image into non-overlapping patches and projects each to `dim` (raster order)."""
+
+    outputs = ("x",)
+
+    def __init__(
+        self,
+        dim: int,
+        patch: int = 16,
+        in_chans: int = 3,
+        bias: bool = True,
+        norm: Literal["none", "layernorm", "rmsnorm"] = "none",
+        norm_eps: float = 1e-6,
+        init: InitStyle = "xavier_uniform",
+        init_std: float = 0.02,
+    ):
+        super().__init__()
+        self.dim, self.patch, self.in_chans = dim, patch, in_chans
+        self.init, self.init_std = check_style(init), init_std
+        self.weight = nn.Parameter(torch.empty(dim, in_chans, patch, patch))
+        self.bias = nn.Parameter(torch.empty(dim)) if bias else None
+        self.norm = make_norm(norm, dim, eps=norm_eps)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        # As a linear map of the flattened patch (fan_in = C*p*p), not as a convolution.
+        init_weight_(self.weight.view(self.dim, -1), self.init, std=self.init_std)
+        if self.bias is not None:
+            with torch.no_grad():
+                self.bias.zero_()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = image.shape
+        if h % self.patch or w % self.patch:
+            raise ValueError(f"image size {h}x{w} is not divisible by the patch size {self.patch}")
+        x = F.conv2d(image, self.weight, self.bias, stride=self.patch)
+        return self.norm(x.flatten(2).transpose(1, 2))
+
+
+class Embedding(nn.Embedding):
+    """An `nn.Embedding` (so RowwiseParallel accepts it) with its own init."""
+
+    def __init__(self, num: int, dim: int, init_std: float = 0.02):
+        super().__init__(num, dim)
+        self.init_std = init_std
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        init_weight_(self.weight, "normal", std=self.init_std)
+
+
+@register("block")
+class TokenEmbedding(nn.Module):
+    """Token ids `[B, N]` to vectors `[B, N, dim]`; `.weight` is what an LMHead may tie to."""
+
+    outputs = ("x",)
+
+    def __init__(self, vocab: int, dim: int, init_std: float = 0.02):
+        super().__init__()
+        self.emb = Embedding(vocab, dim, init_std=init_std)
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.emb.weight
+
+    def tp_plan(self) -> dict[str, ParallelStyle]:
+        return {"emb": RowwiseParallel(input_layouts=Replicate())}
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.emb(tokens)
+
+
+@register("block")
+class PosEmbed(nn.Module):
+    """Adds `num` position vectors to tokens `offset .. offset+num` (earlier tokens, e.g. a cls
+    token, are left alone; a shorter sequence gets the first positions).
+
+    "learned" is a parameter; "sincos1d" / "sincos2d" are frozen tables. `grid` is `[h, w]`
+    for "sincos2d" (default: a square of `num`).
+    """
+
+    outputs = ("x",)
+
+    def __init__(
+        self,
+        dim: int,
+        num: int,
+        kind: Literal["learned", "sincos1d", "sincos2d"] = "learned",
+        grid: list[int] | None = None,
+        offset: int = 0,
+        init_std: float = 0.02,
+    ):
+        super().__init__()
+        self.dim, self.num, self.kind, self.offset, self.init_std = dim, num, kind, offset, init_std
+        if kind == "sincos2d":
+            if grid is None:
+                side = math.isqrt(num)
+                if side * side != num:
+                    raise ValueError(f"sincos2d needs grid=[h, w] when num={num} is not a square")
+                grid = [side, side]
+            if len(grid) != 2 or grid[0] * grid[1] != num:
+                raise ValueError(f"grid {grid} does not have num={num} cells")
+        self.grid = list(grid) if grid is not None else None
+        if kind == "learned":
+            self.pos = nn.Parameter(torch.empty(1, num, dim))
+        elif kind in ("sincos1d", "sincos2d"):
+            self.register_buffer("pos", torch.empty(1, num, dim), persistent=False)
+        else:
+            raise ValueError(f"unknown position embedding kind {kind!r}")
+        self.init_weights()
+
+    def table(self) -> torch.Tensor:
+        if self.kind == "sincos1d":
+            return sincos_1d(self.dim, torch.arange(self.num))
+        return sincos_2d(self.dim, self.grid[0], self.grid[1])
+
+    def init_weights(self) -> None:
+        with torch.no_grad():
+            if self.kind == "learned":
+                init_weight_(self.pos, "trunc_normal", std=self.init_std)
+            else:
+                self.pos.copy_(self.table()[None].to(self.pos.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = min(self.num, x.shape[1] - self.offset)
+        pos = self.pos[:, :n].to(x.dtype)
+        if self.offset == 0 and n == x.shape[1]:
+            return x + pos
+        a, b = self.offset, self.offset + n
+        return torch.cat([x[:, :a], x[:, a:b] + pos, x[:, b:]], dim=1)
+
+
+@register("block")
+class ClsToken(nn.Module):
+    """Prepends a learned cls token and `num_registers` register tokens: `[cls, regs..., x]`."""
+
+    outputs = ("x",)
+
+    def __init__(self, dim: int, num_registers: int = 0, init_std: float = 0.02):
+        super().__init__()
+        self.init_std = init_std
+        self.cls = nn.Parameter(torch.empty(1, 1, dim))
+        self.registers = nn.Parameter(torch.empty(1, num_registers, dim)) if num_registers else None
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        init_weight_(self.cls, "trunc_normal", std=self.init_std)
+        if self.registers is not None:
+            init_weight_(self.registers, "trunc_normal", std=self.init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        parts = [self.cls.expand(b, -1, -1).to(x.dtype)]
+        if self.registers is not None:
+            parts.append(self.registers.expand(b, -1, -1).to(x.dtype))
+        return torch.cat(parts + [x], dim=1)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE frequencies for one head size; `forward(n)` gives the cos/sin tables of n positions.
+
+    Pairs are (i, i + head_dim/2) ("rotate half"): channel pair i turns by angle p * theta^(-2i/head_dim).
+    """
+
+    def __init__(self, head_dim: int, theta: float = 10000.0):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+        self.head_dim, self.theta = head_dim, theta
+        self.register_buffer("inv_freq", torch.empty(head_dim // 2), persistent=False)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        exponent = torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim
+        with torch.no_grad():
+            self.inv_freq.copy_((1.0 / self.theta**exponent).to(self.inv_freq.dtype))
+
+    def forward(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = torch.arange(n, device=self.inv_freq.device, dtype=torch.float32)
+        angles = pos[:, None] * self.inv_freq.float()[None, :]
+        angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotates `x` `[B, N, H, head_dim]` by the tables `[N, head_dim]` (computed in float32)."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    return (xf * c + rotated * s).type_as(x)

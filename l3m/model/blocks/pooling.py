@@ -1,0 +1,106 @@
+"""Postprocessors that pick or pool tokens: `[B, N, D]` to `[B, D]` (or fewer tokens)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from l3m.model.blocks.attention import attend
+from l3m.model.blocks.layers import Linear
+from l3m.model.init import InitStyle, init_weight_
+from l3m.registry import register
+
+
+@register("block")
+class SelectTokens(nn.Module):
+    """Keeps tokens `start:end` (e.g. drops cls/register tokens, or keeps only the image part)."""
+
+    outputs = ("x",)
+
+    def __init__(self, start: int = 0, end: int | None = None):
+        super().__init__()
+        self.start, self.end = start, end
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.start : self.end]
+
+
+@register("block")
+class ClsPool(nn.Module):
+    """The first token (a cls token)."""
+
+    outputs = ("x",)
+
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0]
+
+
+@register("block")
+class EosPool(nn.Module):
+    """The token at the last position where `tokens == eos_id`, else the last token (as CLIP's
+    text tower reads its sentence embedding)."""
+
+    outputs = ("x",)
+
+    def __init__(self, eos_id: int):
+        super().__init__()
+        self.eos_id = eos_id
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        n = tokens.shape[1]
+        pos = torch.arange(n, device=tokens.device).expand_as(tokens)
+        last = torch.where(tokens == self.eos_id, pos, -1).amax(dim=1)
+        last = torch.where(last < 0, n - 1, last)
+        return x[torch.arange(x.shape[0], device=x.device), last.to(x.device)]
+
+
+@register("block")
+class AvgPool(nn.Module):
+    """The mean of tokens `start:` (start > 0 skips cls/register tokens)."""
+
+    outputs = ("x",)
+
+    def __init__(self, start: int = 0):
+        super().__init__()
+        self.start = start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.start :].mean(dim=1)
+
+
+@register("block")
+class AttentionPool(nn.Module):
+    """Learned queries cross-attend to the tokens; the queries' outputs are averaged to `[B, dim]`
+    (the attentive probe of AIM)."""
+
+    outputs = ("x",)
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        num_queries: int = 1,
+        qkv_bias: bool = False,
+        init: InitStyle = "trunc_normal",
+        init_std: float = 0.02,
+    ):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        self.head_dim, self.init_std = dim // heads, init_std
+        self.query = nn.Parameter(torch.empty(1, num_queries, dim))
+        self.kv = Linear(dim, 2 * dim, bias=qkv_bias, init=init, init_std=init_std)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        init_weight_(self.query, "trunc_normal", std=self.init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, hd = x.shape[0], x.shape[1], self.head_dim
+        q = self.query.to(x.dtype).expand(b, -1, -1)
+        q = q.reshape(b, q.shape[1], -1, hd)
+        kv = self.kv(x).view(b, n, -1, 2, hd)
+        return attend(q, kv[..., 0, :], kv[..., 1, :]).mean(dim=1)

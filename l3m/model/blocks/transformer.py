@@ -1,0 +1,203 @@
+"""The transformer trunk: pre-norm layers of (self-attention, cross-attention, feed-forward).
+
+Layers live in an `nn.ModuleList` called `layers` so that FSDP, activation checkpointing and
+`torch.compile` can wrap each one. Feed-forwards can be dense or mixture-of-experts; the
+MoE load-balancing terms are summed into the `aux_loss` output.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.distributed.tensor.parallel import ParallelStyle
+
+from l3m.model.blocks.attention import Attention
+from l3m.model.blocks.embeddings import RotaryEmbedding
+from l3m.model.blocks.feedforward import MLP, mlp_hidden
+from l3m.model.blocks.layers import DropPath, collect_tp_plan
+from l3m.model.blocks.moe import MoE
+from l3m.model.blocks.norms import make_norm
+from l3m.model.init import InitStyle, check_style
+from l3m.registry import register
+
+_MLP = {"gelu": ("gelu", False), "swiglu": ("silu", True), "geglu": ("gelu", True)}
+
+
+class TransformerLayer(nn.Module):
+    """One pre-norm layer; each part is optional (`attn`, `cross_attn`, `mlp` may be None)."""
+
+    def __init__(
+        self,
+        dim: int,
+        attn: Attention | None,
+        cross_attn: Attention | None,
+        mlp: nn.Module | None,
+        norm: str,
+        norm_eps: float,
+        norm_fp32: bool,
+        drop_path: float,
+    ):
+        super().__init__()
+        self.norm1 = make_norm(norm, dim, norm_eps, norm_fp32) if attn is not None else None
+        self.attn = attn
+        self.norm_cross = make_norm(norm, dim, norm_eps, norm_fp32) if cross_attn is not None else None
+        self.cross_attn = cross_attn
+        self.norm2 = make_norm(norm, dim, norm_eps, norm_fp32) if mlp is not None else None
+        self.mlp = mlp
+        self.drop_path = DropPath(drop_path)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        context: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.attn is not None:
+            x = x + self.drop_path(self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rope=rope))
+        if self.cross_attn is not None:
+            x = x + self.drop_path(self.cross_attn(self.norm_cross(x), context=context))
+        aux = None
+        if self.mlp is not None:
+            h = self.mlp(self.norm2(x))
+            if isinstance(h, tuple):
+                h, aux = h
+            x = x + self.drop_path(h)
+        return x, aux
+
+
+@register("block")
+class Transformer(nn.Module):
+    """A stack of `depth` pre-norm transformer layers and an optional final norm.
+
+    Outputs: `x`; `aux_loss`, the MoE balancing terms summed over layers and scaled by
+    `moe_aux_scale` (a zero scalar without MoE); and `hidden`, the final-normed average of the
+    last `return_hidden` layers' outputs (None when `return_hidden` is 0).
+    """
+
+    outputs = ("x", "aux_loss?", "hidden?")
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        head_dim: int | None = None,
+        kv_heads: int | None = None,
+        mlp: Literal["gelu", "swiglu", "geglu", "none"] = "gelu",
+        mlp_ratio: float = 4.0,
+        hidden: int | None = None,
+        multiple_of: int = 256,
+        norm: Literal["layernorm", "rmsnorm"] = "layernorm",
+        norm_eps: float = 1e-6,
+        norm_fp32: bool = False,
+        qkv_bias: bool = False,
+        proj_bias: bool = False,
+        mlp_bias: bool = False,
+        fused_qkv: bool = True,
+        qk_norm: bool = False,
+        rope: bool = False,
+        rope_theta: float = 10000.0,
+        causal: bool = False,
+        attention: bool = True,
+        drop_path: float = 0.0,
+        final_norm: bool = True,
+        moe_every: int = 0,
+        num_experts: int = 4,
+        top_k: int = 1,
+        capacity_factor: float | None = None,
+        moe_aux_scale: float = 0.01,
+        init: InitStyle = "trunc_normal",
+        init_std: float = 0.02,
+        cross_attention: bool = False,
+        context_dim: int | None = None,
+        return_hidden: int = 0,
+    ):
+        super().__init__()
+        check_style(init)
+        if mlp not in (*_MLP, "none"):
+            raise ValueError(f"unknown mlp {mlp!r}; expected gelu, swiglu, geglu or none")
+        if not attention and mlp == "none" and not cross_attention:
+            raise ValueError("a transformer layer needs attention or an mlp")
+        if moe_every and mlp == "none":
+            raise ValueError("moe_every needs an mlp to replace")
+        if not 0 <= return_hidden <= depth:
+            raise ValueError(f"return_hidden={return_hidden} must be between 0 and depth={depth}")
+        head_dim = head_dim or dim // heads
+        self.dim, self.depth, self.causal = dim, depth, causal
+        self.moe_aux_scale, self.return_hidden = moe_aux_scale, return_hidden
+        act, glu = _MLP.get(mlp, ("gelu", False))
+        # MoE experts are always gated-SiLU, so they get the GLU size unless `hidden` is given.
+        dense_hidden = hidden or mlp_hidden(dim, mlp_ratio, glu, multiple_of)
+        moe_hidden = hidden or mlp_hidden(dim, mlp_ratio, True, multiple_of)
+        # Stochastic depth grows linearly to `drop_path` at the last layer (plain Python: no
+        # tensor may be read while building on the meta device).
+        rates = [drop_path * i / (depth - 1) for i in range(depth)] if depth > 1 else [drop_path] * depth
+        common = dict(init=init, init_std=init_std)
+        attn_args = dict(
+            dim=dim, heads=heads, head_dim=head_dim, kv_heads=kv_heads, qkv_bias=qkv_bias,
+            proj_bias=proj_bias, fused_qkv=fused_qkv, qk_norm=qk_norm, norm=norm, norm_eps=norm_eps,
+            depth=depth, **common,
+        )  # fmt: skip
+        layers = []
+        for i in range(depth):
+            attn = Attention(**attn_args) if attention else None
+            cross = Attention(**attn_args, cross=True, context_dim=context_dim) if cross_attention else None
+            if mlp == "none":
+                ffn = None
+            elif moe_every and (i + 1) % moe_every == 0:
+                ffn = MoE(dim, moe_hidden, num_experts, top_k, capacity_factor, init_depth=depth, **common)
+            else:
+                ffn = MLP(dim, dense_hidden, act=act, bias=mlp_bias, glu=glu, init_depth=depth, **common)
+            layers.append(TransformerLayer(dim, attn, cross, ffn, norm, norm_eps, norm_fp32, rates[i]))
+        self.layers = nn.ModuleList(layers)
+        self.rope = RotaryEmbedding(head_dim, rope_theta) if rope else None
+        self.norm = make_norm(norm if final_norm else "none", dim, norm_eps, norm_fp32)
+
+    def tp_plan(self) -> dict[str, ParallelStyle]:
+        return collect_tp_plan(self)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        rope = self.rope(x.shape[1]) if self.rope is not None else None
+        aux = torch.zeros((), device=x.device, dtype=torch.float32)
+        kept: list[torch.Tensor] = []
+        first_kept = self.depth - self.return_hidden
+        for i, layer in enumerate(self.layers):
+            x, a = layer(x, mask=mask, is_causal=self.causal, rope=rope, context=context)
+            if a is not None:
+                aux = aux + a
+            if self.return_hidden and i >= first_kept:
+                kept.append(x)
+        hidden = self.norm(torch.stack(kept).mean(dim=0)) if kept else None
+        return self.norm(x), aux * self.moe_aux_scale, hidden
+
+
+def _decoder_signature() -> inspect.Signature:
+    params = [p for n, p in inspect.signature(Transformer.__init__).parameters.items() if n != "cross_attention"]
+    return inspect.Signature(params)
+
+
+@register("block")
+class CrossAttentionDecoder(Transformer):
+    """A Transformer whose every layer also cross-attends to `context` (e.g. an image encoder's
+    tokens); its constructor is Transformer's less `cross_attention`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, cross_attention=True, **kwargs)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return super().forward(x, mask=mask, context=context)
+
+
+CrossAttentionDecoder.__init__.__signature__ = _decoder_signature()
+CrossAttentionDecoder.__init__.__annotations__ = {
+    k: v for k, v in Transformer.__init__.__annotations__.items() if k != "cross_attention"
+}

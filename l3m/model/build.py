@@ -1,0 +1,179 @@
+"""Program -> MetaModel: instantiate every block on the meta device and bind it to its keys.
+
+Building on `meta` costs no memory, so any model file can be built to count parameters or
+plan memory; `materialize` then allocates the tensors on a real device and initialises them
+with the block library's `init_weights()` methods.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from l3m.dsl.ir import Call, Node, Program
+from l3m.model.core import MetaModel, ReadWriteBlock, bind_outputs, bind_ports
+from l3m.registry import Entry, lookup
+
+
+def entry_for(call: Call, kinds: Sequence[str], where: str) -> Entry:
+    """The registry entry a call names, which must be of one of `kinds`."""
+    entry = lookup(call.type_name)
+    if entry is None:
+        raise ValueError(f"{where}: unknown name {call.type_name!r}")
+    if entry.kind not in kinds:
+        raise ValueError(f"{where}: {call.type_name!r} is a {entry.kind}, not a {' or '.join(kinds)}")
+    return entry
+
+
+def instantiate(call: Call, entry: Entry) -> Any:
+    """Call the registered class with the file's arguments (positional ones folded into keywords)."""
+    return entry.obj(**call.kwargs_for(entry.signature))
+
+
+def bind_node(node: Node, module: nn.Module, entry: Entry) -> ReadWriteBlock:
+    """Wrap a built module with the node's resolved port bindings."""
+    where = f"{node.span}: {node.path}"
+    for b in [*node.reads, *node.writes]:
+        if b.port is None:
+            raise ValueError(f"{where}: key {b.key!r} is not bound to a port (run the resolver first)")
+    args, kwargs = bind_ports(entry.inputs, [(b.port, b.key) for b in node.reads], where)
+    writes = bind_outputs(entry.outputs, [(b.port, b.key) for b in node.writes], where)
+    return ReadWriteBlock(module, args, kwargs, writes)
+
+
+def root_prefix(program: Program) -> str | None:
+    """The model path left out of parameter names: the root model, when there is only one."""
+    roots = {m.path for m in program.models if m.parent is None}
+    if not program.models:
+        roots = {n.model.split(".")[0] for n in program.blocks if n.model}
+    return next(iter(roots)) if len(roots) == 1 else None
+
+
+def module_path(node: Node, root: str | None) -> str:
+    """`<submodel>.<stage>.<block>` for a block node, relative to the root model."""
+    model = node.model
+    if root is not None and (model == root or model.startswith(root + ".")):
+        model = model[len(root) + 1 :]
+    parts = [p for p in model.split(".") if p]
+    if node.stage:
+        parts.append(node.stage)
+    parts.append(node.name)
+    return ".".join(parts)
+
+
+def _ordered_blocks(program: Program, schedule: Sequence[str] | None) -> tuple[list[Node], list[Node]]:
+    """Block nodes in declaration order and in schedule order (non-block paths are ignored)."""
+    declared = sorted(program.blocks, key=lambda n: n.index)
+    if schedule is None:
+        return declared, declared
+    by_path = {n.path: n for n in program.nodes}
+    unknown = [p for p in schedule if p not in by_path]
+    if unknown:
+        raise ValueError(f"schedule names unknown nodes: {', '.join(unknown)}")
+    return declared, [by_path[p] for p in schedule if by_path[p].role == "block"]
+
+
+def _weight_name(block: nn.Module, where: str, embedding_ok: bool) -> str:
+    """Name (inside `block`) of the block's `.weight` (attribute or property), else of its only
+    nn.Embedding's weight when `embedding_ok`."""
+    weight = getattr(block, "weight", None)
+    if isinstance(weight, nn.Parameter):
+        for name, p in block.named_parameters(remove_duplicate=False):
+            if p is weight:
+                return name
+    if embedding_ok:
+        embeddings = [n for n, m in block.named_modules() if isinstance(m, nn.Embedding)]
+        if len(embeddings) == 1:
+            return f"{embeddings[0]}.weight" if embeddings[0] else "weight"
+    raise ValueError(f"{where}: {type(block).__name__} has no `.weight` parameter to tie")
+
+
+def _apply_ties(model: MetaModel, nodes: list[Node], kwargs: dict[str, dict], paths: dict[str, str]) -> None:
+    """`tie="<block>"`: the block shares that block's weight (a path, module path or unique name).
+
+    The tying block's `tie_weight(weight)` is called when it has one (it may check or adapt);
+    the builder records the tie so `materialize` can restore it after `to_empty`.
+    """
+    for node in nodes:
+        tie = kwargs[node.path].get("tie")
+        if not tie:
+            continue
+        where = f"{node.span}: {node.path}"
+        matches = [n for n in nodes if tie in (n.path, paths[n.path])] or [n for n in nodes if n.name == tie]
+        if len(matches) != 1:
+            raise ValueError(f"{where}: tie={tie!r} names {'no block' if not matches else 'several blocks'}")
+        if matches[0] is node:
+            raise ValueError(f"{where}: a block cannot tie to itself")
+        src_path, dst_path = paths[matches[0].path], paths[node.path]
+        src_block, dst_block = model.get_submodule(src_path).block, model.get_submodule(dst_path).block
+        src_name = f"{src_path}.block.{_weight_name(src_block, where, embedding_ok=True)}"
+        dst_name = f"{dst_path}.block.{_weight_name(dst_block, where, embedding_ok=False)}"
+        src, dst = model.get_parameter(src_name), model.get_parameter(dst_name)
+        if dst.shape != src.shape:
+            raise ValueError(f"{where}: cannot tie a {tuple(dst.shape)} weight to {tie}'s {tuple(src.shape)}")
+        if callable(getattr(dst_block, "tie_weight", None)):
+            dst_block.tie_weight(src)
+        model.tie(dst_name, src_name)
+
+
+def freeze(model: nn.Module, globs: Sequence[str]) -> list[str]:
+    """Set requires_grad=False on parameters whose name matches a glob; returns their names.
+
+    A glob that matches nothing is an error: a misspelt freeze would otherwise train silently.
+    """
+    names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+    frozen: list[str] = []
+    for glob in globs:
+        hit = [n for n in names if fnmatch.fnmatchcase(n, glob)]
+        if not hit:
+            raise ValueError(f"freeze pattern {glob!r} matches no parameter")
+        for n in hit:
+            model.get_parameter(n).requires_grad_(False)
+            if n not in frozen:
+                frozen.append(n)
+    return frozen
+
+
+def build_model(program: Program, *, device: str | torch.device = "meta", schedule: Sequence[str] | None = None) -> MetaModel:
+    """The program's MetaModel, its blocks built under `device` (meta: shapes only, no memory).
+
+    `schedule` is the execution order (block node paths, e.g. from `l3m.dsl.schedule`); the
+    default is declaration order. `train.freeze` globs are applied here.
+    """
+    declared, ordered = _ordered_blocks(program, schedule)
+    root = root_prefix(program)
+    paths = {n.path: module_path(n, root) for n in declared}
+    kwargs: dict[str, dict] = {}
+    bound: list[tuple[str, ReadWriteBlock]] = []
+    with torch.device(device):
+        for node in declared:
+            entry = entry_for(node.call, ("block",), f"{node.span}: {node.path}")
+            kwargs[node.path] = node.call.kwargs_for(entry.signature)
+            try:
+                module = entry.obj(**kwargs[node.path])
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{node.span}: {node.path}: {node.call.type_name}: {e}") from e
+            bound.append((paths[node.path], bind_node(node, module, entry)))
+    model = MetaModel(bound, schedule=[paths[n.path] for n in ordered])
+    _apply_ties(model, declared, kwargs, paths)
+    freeze(model, program.section("train").get("freeze") or [])
+    return model
+
+
+def materialize(model: nn.Module, device: str | torch.device = "cpu", *, check: bool = True) -> nn.Module:
+    """Allocate a meta-built model on `device` and initialise it (ties restored first).
+
+    With `check`, every parameter and buffer is proven to be written by some `init_weights()`.
+    """
+    from l3m.model.init import check_initialised, init_model
+
+    model.to_empty(device=device)
+    for m in model.modules():
+        if isinstance(m, MetaModel):
+            m.retie()
+    (check_initialised if check else init_model)(model)
+    return model

@@ -1,0 +1,113 @@
+"""The objective: every loss and metric of a program as one module.
+
+`Criterion(data_dict)` returns the weighted total loss (what the trainer differentiates) and a
+dictionary of detached values to log: each loss term unweighted under its node name, and each
+metric. A loss with several outputs differentiates its first and logs the others as
+`<name>/<port>`; a metric with several outputs logs each as `<name>/<port>`. Metrics run
+without autograd. Losses may own parameters (a learnable temperature): they are parameters
+of this module, for the optimizer to include.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from l3m.dsl.ir import Node, Program
+from l3m.model.build import entry_for, instantiate
+from l3m.model.core import ReadWriteBlock, bind_ports
+
+
+class Criterion(nn.Module):
+    """Losses and metrics bound to their keys; `forward(d) -> (total, logs)`.
+
+    `losses` holds `(name, bound module, output port names, weight)`, `metrics`
+    `(name, bound module, output port names)`.
+    """
+
+    def __init__(
+        self,
+        losses: Sequence[tuple[str, ReadWriteBlock, Sequence[str], float]],
+        metrics: Sequence[tuple[str, ReadWriteBlock, Sequence[str]]] = (),
+    ):
+        super().__init__()
+        if not losses:
+            raise ValueError("a criterion needs at least one loss")
+        names = [t[0] for t in [*losses, *metrics]]
+        if len(set(names)) != len(names):
+            raise ValueError(f"loss and metric names must be unique: {names}")
+        self.losses = nn.ModuleDict({name: rw for name, rw, _, _ in losses})
+        self.metrics = nn.ModuleDict({name: rw for name, rw, _ in metrics})
+        self.weights = {name: float(w) for name, _, _, w in losses}
+        self.ports = {name: tuple(ports) for name, _, ports, *_ in [*losses, *metrics]}
+
+    def _log(self, logs: dict[str, torch.Tensor], name: str, values: Sequence[Any], skip: int) -> None:
+        ports = self.ports[name]
+        for port, value in list(zip(ports, values))[skip:]:
+            if isinstance(value, torch.Tensor):
+                logs[name if len(ports) == 1 else f"{name}/{port}"] = value.detach()
+
+    def forward(self, d: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        terms: list[torch.Tensor] = []
+        logs: dict[str, torch.Tensor] = {}
+        for name, rw in self.losses.items():
+            values = rw.call(d)
+            term = values[0]
+            if term.dim() != 0:
+                raise ValueError(f"loss {name!r} must return a scalar, got shape {tuple(term.shape)}")
+            terms.append(term * self.weights[name])
+            logs[name] = term.detach()
+            self._log(logs, name, values, skip=1)
+        with torch.no_grad():
+            for name, rw in self.metrics.items():
+                self._log(logs, name, rw.call(d), skip=0)
+        total = terms[0]
+        for t in terms[1:]:
+            total = total + t
+        return total, logs
+
+    def extra_repr(self) -> str:
+        return "weights=" + ", ".join(f"{n}={w:g}" for n, w in self.weights.items())
+
+
+def _log_names(nodes: Sequence[Node]) -> dict[str, str]:
+    """Node name when names are unique across losses and metrics, otherwise the path (`loss_text`)."""
+    names = [n.name for n in nodes]
+    unique = len(set(names)) == len(names)
+    return {n.path: n.name if unique else n.path.replace(".", "_") for n in nodes}
+
+
+def _bind(node: Node, module: nn.Module, ports_out: Sequence[str]) -> ReadWriteBlock:
+    """Bind a loss or metric's inputs; outputs need no key (the criterion returns them)."""
+    where = f"{node.span}: {node.path}"
+    if any(b.port is None for b in node.reads):
+        raise ValueError(f"{where}: input keys are not bound to ports (run the resolver first)")
+    entry = entry_for(node.call, (node.role,), where)
+    args, kwargs = bind_ports(entry.inputs, [(b.port, b.key) for b in node.reads], where)
+    written = {b.port: b.key for b in node.writes}
+    return ReadWriteBlock(module, args, kwargs, [written.get(p) for p in ports_out])
+
+
+def build_criterion(
+    program: Program, *, device: str | torch.device | None = None, metrics: bool = True
+) -> Criterion:
+    """The program's losses (weighted by `node.weight`) and, unless `metrics=False`, its metrics."""
+    roles = ("loss", "metric") if metrics else ("loss",)
+    nodes = sorted([n for n in program.nodes if n.role in roles], key=lambda n: n.index)
+    names = _log_names(nodes)
+    losses: list[tuple[str, ReadWriteBlock, Sequence[str], float]] = []
+    mets: list[tuple[str, ReadWriteBlock, Sequence[str]]] = []
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        for node in nodes:
+            entry = entry_for(node.call, (node.role,), f"{node.span}: {node.path}")
+            ports = [p.name for p in entry.outputs]
+            rw = _bind(node, instantiate(node.call, entry), ports)
+            if node.role == "loss":
+                losses.append((names[node.path], rw, ports, node.weight))
+            else:
+                mets.append((names[node.path], rw, ports))
+    return Criterion(losses, mets)

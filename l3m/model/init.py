@@ -1,0 +1,95 @@
+"""Weight initialisation for models built on the meta device.
+
+A model is built under `torch.device("meta")`, materialised with `to_empty`, and only then
+initialised here. Every module that owns parameters or buffers directly defines
+`init_weights()`, which fills those tensors (never its children's): `init_model` walks the
+tree and calls each one, so sharded and unsharded models are initialised by the same code.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+InitStyle = Literal["xavier_uniform", "trunc_normal", "normal", "fan_in_depth"]
+INIT_STYLES: tuple[str, ...] = ("xavier_uniform", "trunc_normal", "normal", "fan_in_depth")
+
+
+def check_style(init: str) -> str:
+    if init not in INIT_STYLES:
+        raise ValueError(f"unknown init style {init!r}; expected one of {', '.join(INIT_STYLES)}")
+    return init
+
+
+def init_weight_(weight: torch.Tensor, init: str, std: float = 0.02, fan_in: int | None = None, depth: int = 0) -> None:
+    """Fill a weight matrix (`[out, in]`, or a stack of them) in the given style.
+
+    `depth > 0` marks the output projection of a residual branch in a `depth`-layer network;
+    with "fan_in_depth" its std is further scaled by 1/sqrt(2*depth) so that the residual
+    stream's variance stays flat with depth.
+    """
+    check_style(init)
+    with torch.no_grad():
+        if init == "xavier_uniform":
+            if weight.dim() > 2:  # a stack of matrices (experts): each is one layer
+                for w in weight.unbind(0):
+                    nn.init.xavier_uniform_(w)
+            else:
+                nn.init.xavier_uniform_(weight)
+        elif init == "trunc_normal":
+            nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+        elif init == "normal":
+            nn.init.normal_(weight, std=std)
+        else:  # fan_in_depth
+            fan_in = fan_in if fan_in is not None else weight.shape[-1]
+            s = 1.0 / math.sqrt(fan_in)
+            if depth > 0:
+                s /= math.sqrt(2 * depth)
+            nn.init.trunc_normal_(weight, std=s, a=-3 * s, b=3 * s)
+
+
+def init_linear_(linear: nn.Linear, init: str, std: float = 0.02, depth: int = 0) -> None:
+    """A linear layer's weight in the given style and its bias at zero."""
+    init_weight_(linear.weight, init, std=std, fan_in=linear.in_features, depth=depth)
+    if linear.bias is not None:
+        with torch.no_grad():
+            linear.bias.zero_()
+
+
+def init_model(model: nn.Module) -> nn.Module:
+    """Call `init_weights()` on every submodule that defines it, parents first.
+
+    Torch's own layers used inside extension blocks (nn.Linear, nn.LayerNorm, ...) have no
+    `init_weights`; for those the module's `reset_parameters()` is used instead.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            fn = getattr(module, "init_weights", None)
+            if callable(fn):
+                fn()
+            elif callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+    return model
+
+
+def check_initialised(model: nn.Module) -> nn.Module:
+    """Prove that `init_model` fills every floating parameter and buffer of `model`.
+
+    Everything is first set to NaN; a tensor still NaN afterwards belongs to a module whose
+    `init_weights` forgot it. Raises RuntimeError naming each such tensor.
+    """
+    tensors = [(n, t) for n, t in model.named_parameters()] + [(n, t) for n, t in model.named_buffers()]
+    with torch.no_grad():
+        for _, t in tensors:
+            if t.is_floating_point() or t.is_complex():
+                t.fill_(float("nan"))
+    init_model(model)
+    left = [n for n, t in tensors if (t.is_floating_point() or t.is_complex()) and bool(torch.isnan(t).any())]
+    if left:
+        raise RuntimeError(
+            f"{len(left)} tensor(s) were not initialised by init_weights(): {', '.join(left)}"
+        )
+    return model

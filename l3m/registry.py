@@ -1,0 +1,183 @@
+"""The registry: the only names a `.l3m` file can instantiate.
+
+Every entry carries metadata that the checker reads without building anything:
+its kind, its input ports (from the signature of `forward` / `__call__`), its output
+ports (the class attribute `outputs`) and its constructor signature.
+
+A project adds its own entries with a decorator in a module that the `.l3m` file names
+explicitly (`extension "mypkg.blocks"`), e.g.::
+
+    from l3m import register
+
+    @register("block")
+    class Scale(nn.Module):
+        outputs = ("x",)
+        def __init__(self, factor: float = 2.0): ...
+        def forward(self, x): return x * self.factor
+
+Optimizers and schedules are factory functions whose leading parameters are supplied by
+the trainer, not by the file: an optimizer's first (`named_params`), a schedule's first two
+(`optimizer`, `total_steps`). `RUNTIME_PARAMS` says how many; the checker skips them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+KINDS = ("block", "source", "generator", "loss", "metric", "optimizer", "schedule")
+# What a kind is called in messages ("a data source", "an optimizer").
+KIND_PHRASE = {
+    "block": "a block",
+    "source": "a data source",
+    "generator": "a data generator",
+    "loss": "a loss",
+    "metric": "a metric",
+    "optimizer": "an optimizer",
+    "schedule": "a schedule",
+}
+# How many leading parameters of a kind's factory the trainer supplies (never written in a file).
+RUNTIME_PARAMS = {"optimizer": 1, "schedule": 2}
+# The method whose parameters are a kind's input ports.
+_PORT_METHOD = {"block": "forward", "loss": "forward", "metric": "forward", "generator": "__call__"}
+
+# Modules that define the built-in entries; imported on first use of the registry.
+BUILTIN_MODULES = (
+    "l3m.model.blocks",
+    "l3m.model.losses",
+    "l3m.model.metrics",
+    "l3m.data.sources",
+    "l3m.data.generators",
+    "l3m.train.optim",
+    "l3m.train.schedules",
+)
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str
+    optional: bool = False
+    variadic: bool = False  # `*xs`: any number of keys (e.g. concatenation)
+
+
+@dataclass
+class Entry:
+    """A registered name and what the checker may know about it without calling it."""
+
+    kind: str
+    name: str
+    obj: Any  # the class (or factory function)
+    outputs_spec: tuple[str, ...] = ()
+    module: str = ""
+    doc: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @cached_property
+    def signature(self) -> inspect.Signature:
+        target = self.obj.__init__ if inspect.isclass(self.obj) else self.obj
+        sig = inspect.signature(target)
+        params = [p for p in sig.parameters.values()]
+        if inspect.isclass(self.obj) and params and params[0].name == "self":
+            params = params[1:]
+        return sig.replace(parameters=params)
+
+    @cached_property
+    def type_hints(self) -> dict[str, Any]:
+        import typing
+
+        target = self.obj.__init__ if inspect.isclass(self.obj) else self.obj
+        try:
+            return typing.get_type_hints(target)
+        except Exception:  # unresolvable annotations: check nothing rather than crash
+            return {}
+
+    @cached_property
+    def inputs(self) -> tuple[Port, ...]:
+        method = _PORT_METHOD.get(self.kind)
+        if method is None:
+            return ()
+        fn = getattr(self.obj, method, None)
+        if fn is None:
+            return ()
+        ports = []
+        for p in list(inspect.signature(fn).parameters.values())[1:]:
+            if p.name == "rng" and p.kind is p.KEYWORD_ONLY:  # a generator's random source, not a port
+                continue
+            if p.kind is p.VAR_POSITIONAL:
+                ports.append(Port(p.name, optional=True, variadic=True))
+            elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                ports.append(Port(p.name, optional=p.default is not p.empty))
+        return tuple(ports)
+
+    @cached_property
+    def outputs(self) -> tuple[Port, ...]:
+        return tuple(Port(n.rstrip("?"), optional=n.endswith("?")) for n in self.outputs_spec)
+
+
+_REGISTRY: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+_loaded = False
+
+
+def register(kind: str, name: str | None = None, **extra: Any) -> Callable[[Any], Any]:
+    """Register a class or factory under `name` (default: its own name) as `kind`."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown registry kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+    def wrap(obj: Any) -> Any:
+        key = name or obj.__name__
+        outputs = tuple(getattr(obj, "outputs", ()) or ())
+        if kind in ("loss", "metric") and not outputs:
+            outputs = ("out",)
+        _REGISTRY[kind][key] = Entry(
+            kind=kind,
+            name=key,
+            obj=obj,
+            outputs_spec=outputs,
+            module=getattr(obj, "__module__", ""),
+            doc=inspect.getdoc(obj) or "",
+            extra=extra,
+        )
+        return obj
+
+    return wrap
+
+
+def load_builtins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in BUILTIN_MODULES:
+        importlib.import_module(mod)
+
+
+def load_extension(module: str) -> None:
+    """Import a user's module of registered entries (named explicitly in the file or on the CLI)."""
+    importlib.import_module(module)
+
+
+def lookup(name: str) -> Entry | None:
+    """The entry called `name`, whatever its kind (names are unique across kinds)."""
+    load_builtins()
+    for table in _REGISTRY.values():
+        if name in table:
+            return table[name]
+    return None
+
+
+def names(kind: str | None = None) -> list[str]:
+    load_builtins()
+    if kind is None:
+        return [n for t in _REGISTRY.values() for n in t]
+    return list(_REGISTRY[kind])
+
+
+def entries(kind: str | None = None) -> list[Entry]:
+    load_builtins()
+    if kind is None:
+        return [e for t in _REGISTRY.values() for e in t.values()]
+    return list(_REGISTRY[kind].values())

@@ -1,0 +1,285 @@
+"""Optimizers a `.l3m` file can name, with parameter groups declared by name globs.
+
+Each entry is a factory `Name(named_params, **args)`: the trainer passes the model's
+`named_parameters()` (the first parameter, never written in a file) and the file gives the rest.
+Groups come from four declared rules, applied to every trainable parameter (frozen ones,
+`requires_grad = False`, are left out):
+
+- `no_decay`: fnmatch globs of names that get no weight decay; 1-D parameters (biases, norm
+  scales) get none either unless `decay_1d = true`;
+- `stage_lr`: `"glob=scale"` rules multiplying the learning rate of matching parameters (the last
+  matching rule wins), e.g. `["preprocessor.*=0.1", "head.*=10"]`;
+- `layer_decay`: layer-wise learning-rate decay over `...layers.<i>....` names: parameters of
+  layer i get `layer_decay ** (L - i)` for L layers, `preprocessor` parameters
+  `layer_decay ** (L + 1)`, everything else 1;
+- wrapper segments that compilation, FSDP and checkpointing insert in names (`_orig_mod.`,
+  `_checkpoint_wrapped_module.`) are ignored when matching.
+
+Every group carries `param_names` (torch's own convention), its `lr_scale` and `weight_decay`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+
+from l3m.registry import register
+
+NamedParams = Iterable[tuple[str, torch.nn.Parameter]]
+_WRAPPER_SEGMENT = re.compile(r"(?:_orig_mod|_checkpoint_wrapped_module|_fsdp_wrapped_module)\.")
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def clean_name(name: str) -> str:
+    """A parameter's name as the model file spells it (wrapper segments removed)."""
+    return _WRAPPER_SEGMENT.sub("", name)
+
+
+def parse_stage_lr(rules: Sequence[str]) -> list[tuple[str, float]]:
+    out = []
+    for rule in rules:
+        glob, sep, scale = rule.rpartition("=")
+        try:
+            value = float(scale)
+        except ValueError:
+            value = None
+        if not sep or not glob or value is None or value < 0:
+            raise ValueError(f"stage_lr rule {rule!r} is not 'glob=scale' with a non-negative scale")
+        out.append((glob.strip(), value))
+    return out
+
+
+def layer_scales(names: Sequence[str], layer_decay: float) -> dict[str, float]:
+    """Learning-rate multiplier of each (clean) name under layer-wise decay."""
+    if layer_decay == 1.0:
+        return {n: 1.0 for n in names}
+    ids = {n: int(m.group(1)) for n in names if (m := _LAYER.search(n))}
+    num_layers = max(ids.values(), default=-1) + 1
+    out = {}
+    for n in names:
+        if n in ids:
+            layer_id = ids[n] + 1
+        elif "preprocessor" in n.split("."):
+            layer_id = 0
+        else:
+            layer_id = num_layers + 1
+        out[n] = layer_decay ** (num_layers + 1 - layer_id)
+    return out
+
+
+def param_groups(
+    named_params: NamedParams,
+    *,
+    lr: float,
+    weight_decay: float,
+    no_decay: Sequence[str] = (),
+    decay_1d: bool = False,
+    stage_lr: Sequence[str] = (),
+    layer_decay: float = 1.0,
+    extra: Callable[[str, torch.Tensor], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Torch parameter groups from the declared rules (see the module docstring).
+
+    Parameters with equal settings share a group; groups keep the parameters' order. `extra`
+    adds per-parameter group settings (LARS marks which parameters it adapts).
+    """
+    if layer_decay <= 0:
+        raise ValueError(f"layer_decay must be positive, got {layer_decay}")
+    seen: set[int] = set()
+    params: list[tuple[str, str, torch.Tensor]] = []
+    for name, p in named_params:
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        params.append((name, clean_name(name), p))
+    if not params:
+        raise ValueError("the model has no trainable parameters (all are frozen)")
+    rules = parse_stage_lr(stage_lr)
+    depth = layer_scales([c for _, c, _ in params], layer_decay)
+    groups: dict[tuple, dict[str, Any]] = {}
+    for name, clean, p in params:
+        excluded = any(fnmatch.fnmatchcase(clean, g) for g in no_decay) or (not decay_1d and p.ndim <= 1)
+        wd = 0.0 if excluded else weight_decay
+        stage_scale = 1.0
+        for glob, s in rules:
+            if fnmatch.fnmatchcase(clean, glob):
+                stage_scale = s
+        scale = depth[clean] * stage_scale
+        more = extra(clean, p) if extra else {}
+        key = (wd, scale, *sorted(more.items()))
+        if key not in groups:
+            groups[key] = {
+                "params": [],
+                "param_names": [],
+                "lr": lr * scale,
+                "lr_scale": scale,
+                "weight_decay": wd,
+            }
+            groups[key].update(more)
+        groups[key]["params"].append(p)
+        groups[key]["param_names"].append(name)
+    return list(groups.values())
+
+
+@register("optimizer")
+def AdamW(
+    named_params: NamedParams,
+    lr: float = 1e-3,
+    betas: list[float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    no_decay: list[str] = (),
+    decay_1d: bool = False,
+    stage_lr: list[str] = (),
+    layer_decay: float = 1.0,
+    fused: bool = False,
+    foreach: bool | None = None,
+) -> torch.optim.AdamW:
+    """AdamW (decoupled weight decay). `fused` uses the fused kernel; `foreach` the multi-tensor one
+    (None: torch's default for the device)."""
+    if len(betas) != 2:
+        raise ValueError(f"betas must hold two numbers, got {list(betas)}")
+    groups = param_groups(
+        named_params,
+        lr=lr,
+        weight_decay=weight_decay,
+        no_decay=no_decay,
+        decay_1d=decay_1d,
+        stage_lr=stage_lr,
+        layer_decay=layer_decay,
+    )
+    return torch.optim.AdamW(
+        groups,
+        lr=lr,
+        betas=(float(betas[0]), float(betas[1])),
+        eps=eps,
+        weight_decay=weight_decay,
+        fused=fused or None,
+        foreach=None if fused else foreach,
+    )
+
+
+@register("optimizer")
+def SGD(
+    named_params: NamedParams,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    no_decay: list[str] = (),
+    decay_1d: bool = False,
+    stage_lr: list[str] = (),
+    layer_decay: float = 1.0,
+    foreach: bool | None = None,
+) -> torch.optim.SGD:
+    """SGD with (optionally Nesterov) momentum and L2 weight decay."""
+    groups = param_groups(
+        named_params,
+        lr=lr,
+        weight_decay=weight_decay,
+        no_decay=no_decay,
+        decay_1d=decay_1d,
+        stage_lr=stage_lr,
+        layer_decay=layer_decay,
+    )
+    return torch.optim.SGD(
+        groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, foreach=foreach
+    )
+
+
+class LARSOptimizer(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017).
+
+    For an adapted parameter the step direction `g = grad + weight_decay * w` is rescaled by the
+    trust ratio `trust_coefficient * |w| / (|g| + eps)` (1 when either norm is 0) before momentum.
+    Groups with `adapt = False` (1-D parameters: biases, norm scales) take plain SGD steps.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+        eps: float = 1e-8,
+        adapt: bool = True,
+    ) -> None:
+        if lr < 0 or momentum < 0 or weight_decay < 0 or trust_coefficient <= 0:
+            raise ValueError("LARS needs lr, momentum, weight_decay >= 0 and trust_coefficient > 0")
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            eps=eps,
+            adapt=adapt,
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if group["weight_decay"]:
+                    d = d.add(p, alpha=group["weight_decay"])
+                if group["adapt"]:
+                    w_norm = torch.linalg.vector_norm(p)
+                    d_norm = torch.linalg.vector_norm(d)
+                    trust = group["trust_coefficient"] * w_norm / (d_norm + group["eps"])
+                    d = d * torch.where((w_norm > 0) & (d_norm > 0), trust, torch.ones_like(trust))
+                if group["momentum"]:
+                    state = self.state[p]
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = d.detach().clone()
+                    else:
+                        buf.mul_(group["momentum"]).add_(d)
+                    d = buf
+                p.add_(d, alpha=-group["lr"])
+        return loss
+
+
+@register("optimizer")
+def LARS(
+    named_params: NamedParams,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    trust_coefficient: float = 0.001,
+    eps: float = 1e-8,
+    no_decay: list[str] = (),
+    decay_1d: bool = False,
+    stage_lr: list[str] = (),
+    layer_decay: float = 1.0,
+) -> LARSOptimizer:
+    """LARS for large-batch training; 1-D parameters are neither adapted nor (by default) decayed."""
+    groups = param_groups(
+        named_params,
+        lr=lr,
+        weight_decay=weight_decay,
+        no_decay=no_decay,
+        decay_1d=decay_1d,
+        stage_lr=stage_lr,
+        layer_decay=layer_decay,
+        extra=lambda name, p: {"adapt": p.ndim > 1},
+    )
+    return LARSOptimizer(
+        groups,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        trust_coefficient=trust_coefficient,
+        eps=eps,
+    )

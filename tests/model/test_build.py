@@ -1,0 +1,185 @@
+"""Program -> MetaModel and Criterion: meta build, ties, freezing, materialising, the objective."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from l3m.dsl.ir import Section
+from l3m.model.build import build_model, freeze, materialize
+from l3m.model.criterion import Criterion, build_criterion
+
+
+def batch(n: int = 5) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {"tokens": torch.randint(11, (2, n), generator=g), "targets": torch.randint(11, (2, n), generator=g)}
+
+
+def test_builds_on_meta_with_file_names(gpt):
+    model = build_model(gpt)
+    names = [n for n, _ in model.named_parameters()]
+    assert names == [
+        "preprocessor.embed.block.emb.weight",
+        "trunk.mix.block.lin.weight",
+        "trunk.mix.block.lin.bias",
+    ]  # the head's weight is the embedding's, listed once
+    assert all(p.is_meta for p in model.parameters())
+    assert model.trunk.mix.block.lin.in_features == 8  # positional arguments reached the constructor
+    assert model.schedule == ["preprocessor.embed", "trunk.mix", "head.lm"]
+
+
+def test_materialize_initialises_and_keeps_the_tie(gpt):
+    torch.manual_seed(0)
+    model = materialize(build_model(gpt), "cpu")
+    emb = model.preprocessor.embed.block.emb.weight
+    assert emb.device.type == "cpu" and torch.isfinite(emb).all()
+    assert model.head.lm.block.proj.weight is emb
+    out = model(batch())
+    assert out["logits"].shape == (2, 5, 11)
+    expect = F.linear(model.trunk.mix.block.lin(F.embedding(batch()["tokens"], emb)), emb)
+    torch.testing.assert_close(out["logits"], expect)
+
+
+def test_nested_models_name_submodels_and_drop_the_root(ir):
+    prog = ir.program(
+        ir.block("clip.image.trunk.enc", "ToyLinear", ["image"], ["img"], 4, 4),
+        ir.block("clip.text.trunk.enc", "ToyLinear", ["text"], ["txt"], 4, 4),
+        ir.block("clip.head.sum", "ToySum", ["img", "txt"], ["both"]),
+    )
+    model = build_model(prog)
+    assert {n.rsplit(".", 3)[0] for n, _ in model.named_parameters()} == {"image.trunk.enc", "text.trunk.enc"}
+    assert "self.head.sum.block(img_1, txt_2)" in model.code
+    out = materialize(model)({"image": torch.ones(1, 4), "text": torch.ones(1, 4)})
+    torch.testing.assert_close(out["both"], out["img"] + out["txt"])
+
+
+def test_schedule_argument_orders_execution_and_skips_other_nodes(ir):
+    prog = ir.program(
+        ir.block("m.trunk.b", "ToyLinear", ["y"], ["z"], 4, 4),
+        ir.block("m.trunk.a", "ToyLinear", ["x"], ["y"], 4, 4),
+        ir.loss("l", "ToyMSE", ["z", "x"]),
+    )
+    model = build_model(prog, schedule=["m.trunk.a", "m.trunk.b", "loss.l"])
+    assert model.schedule == ["trunk.a", "trunk.b"]
+    assert [n for n, _ in model.named_parameters()][0].startswith("trunk.b.")  # declaration order
+    with pytest.raises(ValueError, match="unknown nodes: m.trunk.c"):
+        build_model(prog, schedule=["m.trunk.a", "m.trunk.c"])
+    with pytest.raises(ValueError, match="missing"):
+        build_model(prog, schedule=["m.trunk.a"])
+
+
+def test_optional_ports_and_outputs(ir):
+    prog = ir.program(
+        ir.block("m.trunk.split", "ToySplit", ["x"], {"a": "a", "b": "b"}, dim=4),
+        ir.block("m.trunk.lin", "ToyLinear", {"x": "a", "scale": "b"}, ["y"], 4, 4),
+    )
+    model = materialize(build_model(prog))
+    x = torch.randn(3, 4)
+    out = model({"x": x})
+    assert set(out) == {"x", "a", "b", "y"}
+    torch.testing.assert_close(out["y"], model.trunk.lin.block.lin(out["a"]) * (2 * x))
+
+
+def test_freeze_globs(gpt):
+    gpt.sections["train"] = Section("train", None, {"freeze": ["preprocessor.*"]})
+    model = build_model(gpt)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"preprocessor.embed.block.emb.weight"}
+    with pytest.raises(ValueError, match="'trunk.nope\\*' matches no parameter"):
+        freeze(model, ["trunk.nope*"])
+
+
+@pytest.mark.parametrize(
+    "tie, message",
+    [("gpt.head.nothing", "names no block"), ("lm", "cannot tie to itself"),
+     ("mix", "ToyLinear has no `.weight`"), ("small", "cannot tie a \\(11, 8\\) weight to small's \\(7, 8\\)")],
+)  # fmt: skip
+def test_tie_errors(ir, tie, message):
+    prog = ir.program(
+        ir.block("gpt.preprocessor.embed", "ToyEmbed", ["tokens"], ["x"], vocab=11, dim=8),
+        ir.block("gpt.preprocessor.small", "ToyEmbed", ["tokens"], ["s"], vocab=7, dim=8),
+        ir.block("gpt.trunk.mix", "ToyLinear", ["x"], ["x"], 8, 8),
+        ir.block("gpt.head.lm", "ToyHead", ["x"], ["logits"], dim=8, vocab=11, tie=tie),
+    )
+    with pytest.raises(ValueError, match=message):
+        build_model(prog)
+
+
+def test_build_errors_point_at_the_node(ir):
+    bad_kind = ir.program(ir.block("m.trunk.a", "ToyLinear", ["x"], ["y"], 4, 4))
+    bad_kind.blocks[0].call.type_name = "ToyMSE"
+    with pytest.raises(ValueError, match="test.l3m:1:1: m.trunk.a: 'ToyMSE' is a loss, not a block"):
+        build_model(bad_kind)
+    unbound = ir.program(ir.block("m.trunk.a", "ToyLinear", ["x"], ["y"], 4, 4))
+    unbound.blocks[0].reads[0].port = None
+    with pytest.raises(ValueError, match="not bound to a port"):
+        build_model(unbound)
+    bad_arg = ir.program(ir.block("m.trunk.a", "ToyLinear", ["x"], ["y"], 4, 4, nope=1))
+    with pytest.raises(ValueError, match="m.trunk.a: ToyLinear: .*nope"):
+        build_model(bad_arg)
+
+
+# -- the criterion -----------------------------------------------------------------------------
+
+
+def test_criterion_weights_terms_and_logs_detached_values(ir):
+    prog = ir.program(
+        ir.block("m.head.lin", "ToyLinear", ["x"], ["pred"], 4, 3),
+        ir.loss("mse", "ToyMSE", ["pred", "target"], ["l1"], weight=0.5),
+        ir.loss("ce", "ToyCE", ["pred", "label"], ["l2"], weight=2.0),
+        ir.metric("avg", "ToyMean", ["pred"]),
+    )
+    model, crit = materialize(build_model(prog)), build_criterion(prog)
+    d = model({"x": torch.randn(6, 4), "target": torch.randn(6, 3), "label": torch.randint(3, (6,))})
+    total, logs = crit(d)
+    mse = F.mse_loss(d["pred"], d["target"])
+    ce = F.cross_entropy(d["pred"], d["label"])
+    torch.testing.assert_close(total, 0.5 * mse + 2.0 * ce)
+    assert set(logs) == {"mse", "ce", "ce/accuracy", "avg"}
+    torch.testing.assert_close(logs["mse"], mse.detach())
+    torch.testing.assert_close(logs["avg"], d["pred"].mean().detach())
+    assert not any(v.requires_grad for v in logs.values())
+    total.backward()
+    assert model.head.lin.block.lin.weight.grad is not None
+
+
+def test_criterion_parameters_and_path_names_when_names_clash(ir):
+    prog = ir.program(
+        ir.loss("x", "ToyTempLoss", ["a"]),
+        ir.metric("x", "ToyMean", ["a"]),
+    )
+    crit = build_criterion(prog, device="meta")
+    assert [n for n, _ in crit.named_parameters()] == ["losses.loss_x.block.scale"]
+    materialize(crit)
+    total, logs = crit({"a": torch.full((4,), 3.0)})
+    assert total.item() == 9.0 and set(logs) == {"loss_x", "metric_x"}
+    assert set(build_criterion(prog, metrics=False).metrics) == set()
+    with pytest.raises(ValueError, match="at least one loss"):
+        Criterion([])
+
+
+# -- the real block library ---------------------------------------------------------------------
+
+
+def test_real_library_gpt_builds_ties_and_trains_one_step(ir):
+    prog = ir.program(
+        ir.block("gpt.preprocessor.embed", "TokenEmbedding", ["tokens"], ["x"], vocab=11, dim=16),
+        ir.block("gpt.trunk.blocks", "Transformer", ["x"], ["x"], dim=16, depth=2, heads=2, causal=True, rope=True),
+        ir.block("gpt.head.lm", "LMHead", ["x"], ["logits"], 16, 11, tie="embed"),
+        ir.loss("ce", "LMCrossEntropy", ["logits", "targets"], ["loss"]),
+        ir.metric("ppl", "Perplexity", ["logits", "targets"]),
+    )
+    torch.manual_seed(0)
+    model = materialize(build_model(prog))
+    crit = build_criterion(prog)
+    assert model.head.lm.block.proj.weight is model.preprocessor.embed.block.weight
+    assert any(n.startswith("trunk.blocks.block.layers.1.") for n, _ in model.named_parameters())
+    assert "x_2, _, _ = self.trunk.blocks.block(x_1)" in model.code
+    d = batch()
+    out = model(d)
+    torch.testing.assert_close(out["logits"], model.forward_eager(d)["logits"])
+    total, logs = crit(out)
+    torch.testing.assert_close(logs["ppl"], total.detach().exp(), rtol=1e-4, atol=1e-4)
+    total.backward()
+    assert all(p.grad is not None for p in model.parameters())
