@@ -8,7 +8,9 @@ sample is run under `FlopCounterMode` (forward and backward separately) with a
 Conventions of the numbers:
 
 - FLOPs count multiply-adds as 2 (torch's flop counter); backward only differentiates
-  trainable parameters, so freezing shows up.
+  trainable parameters, so freezing shows up. On meta, attention runs as its two batched
+  matmuls over the full L×L scores (causal or not), as the counter's GPU formulas count it;
+  torch's counter has no formula for the CPU attention kernel, so a CPU count misses it.
 - Activations are the bytes saved for backward for one sample in the compute dtype
   (`train.param_dtype`, else `train.dtype`), without activation checkpointing; parameters and
   buffers the graph keeps are not activations and are left out.
@@ -200,7 +202,9 @@ def _source_batch(program: Program, notes: list[str]) -> dict[str, torch.Tensor]
         notes.append(f"{node.path}: no spec() ({type(e).__name__}: {e}); using declared key shapes")
         return {}
     ports = node.ports_out()
-    batch = {ports[p]: torch.zeros((1, *shape), dtype=dtype) for p, (shape, dtype) in spec.items() if p in ports}
+    batch = {
+        ports[p]: torch.zeros((1, *shape), dtype=dtype) for p, (shape, dtype) in spec.items() if p in ports
+    }
     for gen in sorted(program.of_role("generator"), key=lambda n: n.index):
         if not all(k in batch for k in gen.read_keys):
             continue
@@ -209,15 +213,20 @@ def _source_batch(program: Program, notes: list[str]) -> dict[str, torch.Tensor]
             entry = entry_for(gen.call, ("generator",), where)
             args, kwargs = bind_ports(entry.inputs, [(b.port, b.key) for b in gen.reads], where)
             fn = instantiate(gen.call, entry)
-            out = fn(*[batch[k] for k in args], **{p: batch[k] for p, k in kwargs.items()},
-                     rng=torch.Generator().manual_seed(0))
+            out = fn(
+                *[batch[k] for k in args],
+                **{p: batch[k] for p, k in kwargs.items()},
+                rng=torch.Generator().manual_seed(0),
+            )
         except Exception as e:
             notes.append(f"{gen.path}: could not run on a sample ({type(e).__name__}: {e})")
             continue
         outs = out if isinstance(out, tuple) else (out,)
         names = [p.name for p in entry.outputs]
         written = gen.ports_out()
-        batch.update({written[p]: v for p, v in zip(names, outs) if p in written and isinstance(v, torch.Tensor)})
+        batch.update(
+            {written[p]: v for p, v in zip(names, outs) if p in written and isinstance(v, torch.Tensor)}
+        )
     return batch
 
 
@@ -325,7 +334,11 @@ def format_plan(p: Mapping[str, Any]) -> str:
     """The plan as a plain-text table."""
     params = p["params"]
     lines = [f"{'parameters':<28}{params['total']:>16,}   trainable {params['trainable']:,}"]
-    for title, table in (("by model", params["by_model"]), ("by stage", params["by_stage"]), ("by block", params["by_block"])):
+    for title, table in (
+        ("by model", params["by_model"]),
+        ("by stage", params["by_stage"]),
+        ("by block", params["by_block"]),
+    ):
         lines.append(f"  {title}")
         lines += [f"    {name:<24}{n:>16,}" for name, n in table.items()]
     if params.get("criterion"):
@@ -338,9 +351,13 @@ def format_plan(p: Mapping[str, Any]) -> str:
         )
     act = p["activation_bytes_per_sample"]
     if act is not None:
-        lines.append(f"{'activations per sample':<28}{_bytes(act):>16}   saved for backward, {p['compute_dtype']}, no checkpointing")
+        lines.append(
+            f"{'activations per sample':<28}{_bytes(act):>16}   saved for backward, {p['compute_dtype']}, no checkpointing"
+        )
     mesh = ", ".join(f"{k}={v}" for k, v in p["mesh"].items())
-    lines.append(f"{'memory per rank':<28}{_bytes(p['memory_per_rank']['total']):>16}   world {p['world_size']}: {mesh}")
+    lines.append(
+        f"{'memory per rank':<28}{_bytes(p['memory_per_rank']['total']):>16}   world {p['world_size']}: {mesh}"
+    )
     for part in ("params", "grads", "optimizer"):
         lines.append(f"    {part:<24}{_bytes(p['memory_per_rank'][part]):>16}")
     lines += [f"note: {n}" for n in p.get("notes", [])]

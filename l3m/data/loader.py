@@ -134,7 +134,7 @@ class _SeededSamples(Dataset):
     def __getitem__(self, item: tuple[int, int, int, bool]) -> tuple[tuple[int, int, bool], dict]:
         epoch, batch, index, valid = item
         with torch.random.fork_rng(devices=[]):
-            pass
+            torch.default_generator.manual_seed(mix_seed(self.seed, epoch, index))
             sample = self.source[index]
         return (epoch, batch, valid), sample
 

@@ -120,7 +120,7 @@ def to_mermaid(program: Program, flow: Dataflow) -> str:
             nodes = groups.get(f"{path}/{stage}")
             if nodes:
                 lines.append(f'{indent}  subgraph {_ident(path + "_" + stage)}["{stage}"]')
-                lines += [f'{indent}    {_ident(n.path)}["{_mm(_label(n))}"]' for n in nodes]
+                lines.extend(f'{indent}    {_ident(n.path)}["{_mm(_label(n))}"]' for n in nodes)
                 lines.append(f"{indent}  end")
         for child in children.get(path, []):
             emit_model(child, indent + "  ")

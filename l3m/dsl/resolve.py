@@ -124,7 +124,7 @@ class Resolver:
             return None
         if real in self.modules:
             return self.modules[real]
-        shown = os.path.relpath(path) if not os.path.isabs(path) or path.startswith(os.getcwd()) else path
+        shown = _display(path)
         try:
             text = read_source(path)
         except FileNotFoundError:
@@ -169,8 +169,7 @@ class Resolver:
         for imp in m.imports:
             target = os.path.normpath(os.path.join(base, imp.path))
             here = f"{imp.span}"
-            child_file = os.path.relpath(target) if not os.path.isabs(imp.path) else target
-            self.chains.setdefault(child_file, self.chains.get(scope.file, ()) + (here,))
+            self.chains.setdefault(_display(target), self.chains.get(scope.file, ()) + (here,))
             child = self.load(target, imp.span)
             if child is not None:
                 if imp.alias in scope.imports:
@@ -717,6 +716,13 @@ class Resolver:
             call.kwargs[pname] = value
             call.kwarg_spans[pname] = span
         return call
+
+
+def _display(path: str) -> str:
+    """How a file is named in messages: relative to the working directory when it lies below it."""
+    absolute = os.path.abspath(path)
+    rel = os.path.relpath(absolute)
+    return absolute if rel.startswith("..") else rel
 
 
 def _plain(value: Any) -> Any:

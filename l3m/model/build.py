@@ -100,7 +100,7 @@ def _apply_ties(model: MetaModel, nodes: list[Node], kwargs: dict[str, dict], pa
     """
     for node in nodes:
         tie = kwargs[node.path].get("tie")
-        if not tie:
+        if not isinstance(tie, str) or not tie:
             continue
         where = f"{node.span}: {node.path}"
         matches = [n for n in nodes if tie in (n.path, paths[n.path])] or [n for n in nodes if n.name == tie]
@@ -138,7 +138,9 @@ def freeze(model: nn.Module, globs: Sequence[str]) -> list[str]:
     return frozen
 
 
-def build_model(program: Program, *, device: str | torch.device = "meta", schedule: Sequence[str] | None = None) -> MetaModel:
+def build_model(
+    program: Program, *, device: str | torch.device = "meta", schedule: Sequence[str] | None = None
+) -> MetaModel:
     """The program's MetaModel, its blocks built under `device` (meta: shapes only, no memory).
 
     `schedule` is the execution order (block node paths, e.g. from `l3m.dsl.schedule`); the

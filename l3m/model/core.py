@@ -205,12 +205,14 @@ class MetaModel(nn.Module):
             leaf = i == len(parts) - 1
             child = parent._modules.get(part)
             if child is None:
-                child = rw if leaf else Stage()
-                try:
-                    parent.add_module(part, child)
-                except KeyError as e:  # `part` is already an attribute (`train`, `to`, ...)
+                # A class attribute (`train`, `to`, `code`, ...) would shadow the module.
+                if hasattr(type(parent), part) or part in parent.__dict__:
                     where = ".".join(parts[: i + 1])
-                    raise ValueError(f"cannot name a module {where!r}: {part!r} is reserved by nn.Module") from e
+                    raise ValueError(
+                        f"cannot name a module {where!r}: {part!r} is reserved (an attribute of {type(parent).__name__})"
+                    )
+                child = rw if leaf else Stage()
+                parent.add_module(part, child)
             elif leaf or not isinstance(child, Stage):
                 raise ValueError(f"block path {path!r} collides with {'.'.join(parts[: i + 1])!r}")
             parent = child
@@ -221,6 +223,7 @@ class MetaModel(nn.Module):
     def _generate(self) -> str:
         lines = ["def forward(self, d):", "    d = dict(d)"]
         latest: dict[str, str] = {}  # key -> the local holding its latest version
+        used: set[str] = set()
 
         def read(key: str) -> str:
             return latest.get(key) or f"d[{key!r}]"
@@ -235,7 +238,13 @@ class MetaModel(nn.Module):
                 if not (_IDENT.match(port) and not keyword.iskeyword(port)):
                     raise ValueError(f"{path}: port name {port!r} is not an identifier")
                 call_args.append(f"{port}={read(key)}")
-            targets = [_local(k, step) if k is not None else "_" for k in rw.writes]
+            targets = []
+            for k in rw.writes:
+                name = _local(k, step) if k is not None else "_"
+                while name != "_" and name in used:  # two keys that sanitise alike ("a-b", "a.b")
+                    name += "_"
+                used.add(name)
+                targets.append(name)
             lhs = targets[0] if len(targets) == 1 else ", ".join(targets)
             lines.append(f"    {lhs} = {_attr(expr, 'block')}({', '.join(call_args)})")
             for key, local in zip(rw.writes, targets):
@@ -312,9 +321,14 @@ class MetaModel(nn.Module):
             self._ties.append((name, target))
 
     def retie(self) -> None:
-        """Restore ties that a conversion broke (`to_empty` gives each module its own tensor)."""
+        """Restore ties that a conversion broke (`to_empty` gives each module its own tensor).
+
+        Ties still intact (conversions that swap tensors in place, as under FSDP2) are left
+        alone, so no parameter a wrapper already tracks is replaced.
+        """
         for name, target in self._ties:
-            self.tie(name, target)
+            if self.get_parameter(name) is not self.get_parameter(target):
+                self.tie(name, target)
 
     @property
     def ties(self) -> list[tuple[str, str]]:
@@ -340,4 +354,3 @@ def params_by_block(model: MetaModel) -> dict[str, list[tuple[str, nn.Parameter]
         owner = next(p for p in paths if name.startswith(p + "."))
         out[owner].append((name, param))
     return out
-

@@ -5,7 +5,7 @@ All reductions are means over the counted elements, computed in float32.
 
 from __future__ import annotations
 
-import contextlib
+import math
 
 import torch
 import torch.distributed as dist
@@ -63,14 +63,55 @@ class PixelLoss(nn.Module):
         return (err * keep).sum() / keep.sum().clamp(min=1.0)
 
 
+class _SumAcrossRanks(torch.autograd.Function):
+    """All-reduce (sum) in the forward, identity in the backward: every rank of the group then
+    holds the same loss and back-propagates only into its own shard (Megatron's scheme)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+def vocab_parallel_nll(logits, targets: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token negative log-likelihood and log-partition from logits that are a DTensor sharded
+    over the vocabulary (last) dimension, without gathering the logits."""
+    from torch.distributed.tensor import Shard
+
+    last = logits.dim() - 1
+    shard_dims = [i for i, p in enumerate(logits.placements) if isinstance(p, Shard) and p.dim in (-1, last)]
+    others = [p for i, p in enumerate(logits.placements) if i not in shard_dims and not p.is_replicate()]
+    if len(shard_dims) != 1 or others:
+        raise ValueError(f"vocab-parallel logits must be sharded over the vocabulary only, got {logits.placements}")
+    mesh, mesh_dim = logits.device_mesh, shard_dims[0]
+    group = mesh.get_group(mesh_dim)
+    vocab, ranks = logits.shape[-1], mesh.size(mesh_dim)
+    start = min(mesh.get_local_rank(mesh_dim) * math.ceil(vocab / ranks), vocab)  # torch.chunk's split
+
+    local = logits.to_local().flatten(0, -2).float()  # [T, V_local]
+    peak = local.detach().amax(dim=-1)
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
+    sumexp = _SumAcrossRanks.apply((local - peak[:, None]).exp().sum(dim=-1), group)
+    lse = peak + sumexp.log()
+    t = targets.flatten() - start
+    here = (t >= 0) & (t < local.shape[-1]) & (targets.flatten() != ignore_index)
+    picked = local.gather(-1, t.clamp(0, max(local.shape[-1] - 1, 0))[:, None]).squeeze(-1) * here
+    return lse - _SumAcrossRanks.apply(picked, group), lse
+
+
 @register("loss")
 class LMCrossEntropy(nn.Module):
     """Next-token cross-entropy over `[B, N, V]` logits, ignoring `ignore_index` targets.
 
     `shift` scores position i against target i+1 (when targets are the inputs themselves).
     `z_loss` adds `z_loss * mean(logsumexp(logits)^2)` (PaLM), keeping logits from drifting.
-    `vocab_parallel` computes the loss on logits sharded over the vocabulary (a DTensor from a
-    tensor-parallel LMHead) without gathering them.
+    `vocab_parallel` takes logits sharded over the vocabulary (a DTensor from a tensor-parallel
+    `LMHead(vocab_parallel=true)`) and never gathers them; a plain tensor is also accepted.
     """
 
     outputs = ("loss",)
@@ -82,22 +123,30 @@ class LMCrossEntropy(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.shift:
             logits, targets = logits[:, :-1], targets[:, 1:]
-        logits = logits.flatten(0, -2).float()
-        targets = targets.flatten()
-        ctx = contextlib.nullcontext()
-        if self.vocab_parallel:
-            from torch.distributed.tensor.parallel import loss_parallel
-
-            ctx = loss_parallel()
-        with ctx:
-            loss = F.cross_entropy(logits, targets, ignore_index=self.ignore_index)
+        valid = (targets.flatten() != self.ignore_index).float()
+        count = valid.sum().clamp(min=1.0)
+        if self.vocab_parallel and hasattr(logits, "placements"):
+            nll, lse = vocab_parallel_nll(logits, targets, self.ignore_index)
+            loss = (nll * valid).sum() / count
+        else:
+            flat = logits.flatten(0, -2).float()
+            loss = F.cross_entropy(flat, targets.flatten(), ignore_index=self.ignore_index)
+            lse = torch.logsumexp(flat, dim=-1) if self.z_loss > 0 else None
         if self.z_loss > 0:
-            valid = (targets != self.ignore_index).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            if hasattr(lse, "full_tensor"):  # a DTensor: bring the per-token values home
-                lse = lse.full_tensor()
-            loss = loss + self.z_loss * (lse.pow(2) * valid).sum() / valid.sum().clamp(min=1.0)
+            loss = loss + self.z_loss * (lse.pow(2) * valid).sum() / count
         return loss
+
+
+def gather_rows(x: torch.Tensor, group=None) -> torch.Tensor:
+    """All ranks' rows of `x`, concatenated in rank order; gradients flow back to every rank."""
+    group = group if group is not None else dist.group.WORLD
+    try:
+        from torch.distributed._functional_collectives import all_gather_single_autograd
+    except ImportError:  # older torch: the autograd-aware list all-gather
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(x, group=group), dim=0)
+    return all_gather_single_autograd(x.contiguous(), 0, group)
 
 
 @register("loss")
@@ -105,7 +154,10 @@ class ClipLoss(nn.Module):
     """Symmetric InfoNCE between matching image and text embeddings (L2-normalised).
 
     With `gather` under torch.distributed, every rank scores its rows against the embeddings of
-    all ranks (a differentiable all-gather), its positives sitting at `rank * B + i`.
+    all ranks of `self.group` (a differentiable all-gather; default: the world), its positives
+    sitting at `rank * B + i`. Under tensor parallelism the trainer sets `group` to the
+    data-parallel group, since tensor-parallel ranks hold the same samples. Every rank must
+    have the same batch size.
     """
 
     outputs = ("loss",)
@@ -113,17 +165,15 @@ class ClipLoss(nn.Module):
     def __init__(self, gather: bool = True):
         super().__init__()
         self.gather = gather
+        self.group = None  # a process group, set by the distributed setup when not the world
 
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
         image_emb, text_emb = image_emb.float(), text_emb.float()
         b = image_emb.shape[0]
         all_image, all_text, offset = image_emb, text_emb, 0
         if self.gather and dist.is_available() and dist.is_initialized():
-            from torch.distributed.nn.functional import all_gather
-
-            all_image = torch.cat(all_gather(image_emb), dim=0)
-            all_text = torch.cat(all_gather(text_emb), dim=0)
-            offset = dist.get_rank() * b
+            all_image, all_text = gather_rows(image_emb, self.group), gather_rows(text_emb, self.group)
+            offset = dist.get_rank(self.group) * b
         labels = torch.arange(b, device=image_emb.device) + offset
         scale = logit_scale.float()
         logits_image = scale * image_emb @ all_text.t()

@@ -30,7 +30,10 @@ class Noisy(Source):
         return {"idx": ((), torch.long), "noise": ((2,), torch.float32)}
 
 
-GENS = [(RandomMask(num_tokens=6, ratio=0.5), ["i"], ["mask"]), (RandomPrefixLength(high=4), {"x": "i"}, {"prefix_len": "p"})]
+GENS = [
+    (RandomMask(num_tokens=6, ratio=0.5), ["i"], ["mask"]),
+    (RandomPrefixLength(high=4), {"x": "i"}, {"prefix_len": "p"}),
+]
 
 
 def _loader(src=None, **kw):
@@ -43,7 +46,9 @@ def _take(it, k):
 
 
 def _same(a, b):
-    return len(a) == len(b) and all(x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x) for x, y in zip(a, b))
+    return len(a) == len(b) and all(
+        x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x) for x, y in zip(a, b)
+    )
 
 
 def test_batches_are_keyed_by_data_keys_with_generator_outputs():
@@ -72,7 +77,10 @@ def test_ranks_get_disjoint_equal_shards(world_size):
         seen.append(idx)
     flat = [i for s in seen for i in s]
     assert len(flat) == len(set(flat))  # disjoint
-    shards = [shard_indices(n, 0, seed=1, shuffle=True, rank=r, world_size=world_size, pad=False)[0] for r in range(world_size)]
+    shards = [
+        shard_indices(n, 0, seed=1, shuffle=True, rank=r, world_size=world_size, pad=False)[0]
+        for r in range(world_size)
+    ]
     assert sorted(torch.cat(shards).tolist()) == sorted(set(torch.cat(shards).tolist()))
     assert len(torch.cat(shards)) == (n // world_size) * world_size
 

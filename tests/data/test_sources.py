@@ -26,6 +26,8 @@ def _check_spec(source, i=0):
     sample = source[i]
     spec = source.spec()
     assert set(sample) == set(spec)
+    declared = type(source).outputs
+    assert {p for p in declared if not p.endswith("?")} <= set(spec) <= {p.rstrip("?") for p in declared}
     for port, (shape, dtype) in spec.items():
         assert tuple(sample[port].shape) == shape, port
         assert sample[port].dtype == dtype, port
@@ -51,7 +53,7 @@ def test_digits_images():
     assert len(train) + len(test) == 1797
     s = _check_spec(train, 5)
     assert s["image"].shape == (3, 12, 12)
-    assert -1.0 <= train._data[0].min() and train._data[0].max() <= 1.0
+    assert train._data[0].min() >= -1.0 and train._data[0].max() <= 1.0
     assert torch.equal(s["image"][0], s["image"][2])  # greyscale repeated
     # The sample is the digit the split names, resized.
     images, labels = embedded.digits()
@@ -125,7 +127,9 @@ def test_text_bytes_on_a_directory(tmp_path):
 
 def test_text_jsonl(tmp_path):
     path = tmp_path / "docs.jsonl"
-    path.write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(["alpha", "beta", "gamma"])) + "\n")
+    path.write_text(
+        "\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(["alpha", "beta", "gamma"])) + "\n"
+    )
     src = TextJSONL(str(path), seq_len=3, batch_size=1, separator="|", test_fraction=0.1)
     data = b"alpha|beta|gamma"
     assert bytes(src.stream.tolist()) == data[: int(len(data) * 0.9)]
@@ -166,11 +170,15 @@ def test_image_text_jsonl(tmp_path):
     _png(tmp_path / "pics" / "green.png", (0, 255, 0), size=(5, 9))
     lines = [{"image": "pics/red.png", "text": "a red square"}, {"image": "pics/green.png", "text": "green"}]
     (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
-    src = ImageTextJSONL(str(tmp_path / "pairs.jsonl"), image_size=4, seq_len=16, batch_size=1, normalize=False)
+    src = ImageTextJSONL(
+        str(tmp_path / "pairs.jsonl"), image_size=4, seq_len=16, batch_size=1, normalize=False
+    )
     assert len(src) == 2
     s = _check_spec(src)
     assert decode_caption(s["text"]) == "a red square"
-    assert torch.allclose(s["image"][0], torch.ones(4, 4)) and torch.allclose(s["image"][1], torch.zeros(4, 4))
+    assert torch.allclose(s["image"][0], torch.ones(4, 4)) and torch.allclose(
+        s["image"][1], torch.zeros(4, 4)
+    )
     assert decode_caption(src[1]["text"]) == "green"
     moved = ImageTextJSONL(str(tmp_path / "pairs.jsonl"), image_root=str(tmp_path / "nowhere"), batch_size=1)
     with pytest.raises(FileNotFoundError):

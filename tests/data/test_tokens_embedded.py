@@ -42,7 +42,7 @@ def test_digits_split_is_disjoint_deterministic_and_complete():
 
 def test_digits_arrays_and_prompts():
     images, labels = embedded.digits()
-    assert images.shape == (1797, 8, 8) and 0.0 <= images.min() and images.max() <= 1.0
+    assert images.shape == (1797, 8, 8) and images.min() >= 0.0 and images.max() <= 1.0
     assert sorted(set(labels.tolist())) == list(range(10))
     prompts = embedded.digit_prompts()
     assert len(prompts) == 10 and prompts[7] == "a photo of the digit seven"

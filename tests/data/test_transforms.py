@@ -16,7 +16,7 @@ def _image(w=20, h=12):
 def test_eval_pipeline_size_and_range():
     x = image_transform(8, "none", mean=None, std=None)(_image())
     assert x.shape == (3, 8, 8) and x.dtype == torch.float32 and type(x) is torch.Tensor
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
     y = image_transform(8, "none", mean=[0.5] * 3, std=[0.5] * 3)(_image())
     assert torch.allclose(y, x * 2 - 1, atol=1e-6)
 

@@ -159,8 +159,16 @@ def _bind(ports: list[registry.Port], keys: Any) -> list[Binding]:
     return out
 
 
-def node(role: str, path: str, type_name: str, reads: Any = (), writes: Any = (), *args: Any,
-         weight: float = 1.0, **kwargs: Any) -> Node:
+def node(
+    role: str,
+    path: str,
+    type_name: str,
+    reads: Any = (),
+    writes: Any = (),
+    *args: Any,
+    weight: float = 1.0,
+    **kwargs: Any,
+) -> Node:
     """A node as the resolver makes it; a block's model and stage come from its path."""
     entry = registry.lookup(type_name)
     assert entry is not None, type_name
@@ -172,8 +180,19 @@ def node(role: str, path: str, type_name: str, reads: Any = (), writes: Any = ()
         else:
             model = ".".join(parts[:-1])
     call = Call(type_name, SPAN, args=list(args), kwargs=dict(kwargs))
-    return Node(parts[-1], path, role, call, SPAN, index=-1, model=model, stage=stage,
-                reads=_bind(list(entry.inputs), reads), writes=_bind(list(entry.outputs), writes), weight=weight)
+    return Node(
+        parts[-1],
+        path,
+        role,
+        call,
+        SPAN,
+        index=-1,
+        model=model,
+        stage=stage,
+        reads=_bind(list(entry.inputs), reads),
+        writes=_bind(list(entry.outputs), writes),
+        weight=weight,
+    )
 
 
 def block(path: str, type_name: str, reads: Any, writes: Any, *args: Any, **kwargs: Any) -> Node:
@@ -192,8 +211,13 @@ def source(name: str, type_name: str, writes: Any, *args: Any, **kwargs: Any) ->
     return node("source", f"data.{name}", type_name, (), writes, *args, **kwargs)
 
 
-def program(*nodes: Node, keys: dict[str, tuple[str, list]] | None = None, lets: dict | None = None,
-            optimizer: Call | None = None, **sections: dict) -> Program:
+def program(
+    *nodes: Node,
+    keys: dict[str, tuple[str, list]] | None = None,
+    lets: dict | None = None,
+    optimizer: Call | None = None,
+    **sections: dict,
+) -> Program:
     """Nodes indexed in the order given; models (with parents) derived from the block paths."""
     for i, n in enumerate(nodes):
         n.index = i
@@ -223,8 +247,9 @@ def call(type_name: str, **kwargs: Any) -> Call:
 @pytest.fixture
 def ir() -> SimpleNamespace:
     """The hand-made IR helpers: `ir.block(...)`, `ir.program(...)`, ..."""
-    return SimpleNamespace(block=block, loss=loss, metric=metric, source=source, program=program, call=call,
-                           node=node, span=SPAN)
+    return SimpleNamespace(
+        block=block, loss=loss, metric=metric, source=source, program=program, call=call, node=node, span=SPAN
+    )
 
 
 @pytest.fixture

@@ -85,8 +85,10 @@ def shard(module: nn.Module, rank: int, world: int) -> nn.Module:
     """What a rank holds after its tp_plan: colwise weights split by rows, rowwise by columns."""
     local = copy.deepcopy(module)
     for name, style in module.tp_plan().items():
-        lin = local.get_submodule(name)
         kind = type(style).__name__
+        if kind == "SequenceParallel":  # replicated weights (qk norms)
+            continue
+        lin = local.get_submodule(name)
         dim = 0 if kind == "ColwiseParallel" else 1
         w = lin.weight.detach().chunk(world, dim=dim)[rank]
         lin.weight = nn.Parameter(w.clone())

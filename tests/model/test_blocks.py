@@ -9,7 +9,7 @@ import torch
 from model_cases import CASES, as_tuple
 from torch import nn
 
-from l3m.model.init import check_initialised, init_model
+from l3m.model.init import check_initialised
 from l3m.registry import entries, lookup
 
 
@@ -38,6 +38,17 @@ def test_meta_build_then_init(case):
     for o in outs:
         if o is not None and o.is_floating_point():
             assert torch.isfinite(o).all()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_forward_on_meta(case):
+    """`l3m plan` runs a step on meta tensors to count FLOPs: no block may need real values."""
+    model = build(case, "meta")
+    inputs = [t.to("meta") for t in case.inputs()]
+    kw = {k: v.to("meta") for k, v in case.kw_inputs().items()}
+    outs = as_tuple(model(*inputs, **kw))
+    for o, shape in zip(outs, case.shapes):
+        assert (o is None) if shape is None else (o.is_meta and tuple(o.shape) == shape)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)

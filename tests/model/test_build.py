@@ -13,7 +13,10 @@ from l3m.model.criterion import Criterion, build_criterion
 
 def batch(n: int = 5) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return {"tokens": torch.randint(11, (2, n), generator=g), "targets": torch.randint(11, (2, n), generator=g)}
+    return {
+        "tokens": torch.randint(11, (2, n), generator=g),
+        "targets": torch.randint(11, (2, n), generator=g),
+    }
 
 
 def test_builds_on_meta_with_file_names(gpt):
@@ -165,7 +168,9 @@ def test_criterion_parameters_and_path_names_when_names_clash(ir):
 def test_real_library_gpt_builds_ties_and_trains_one_step(ir):
     prog = ir.program(
         ir.block("gpt.preprocessor.embed", "TokenEmbedding", ["tokens"], ["x"], vocab=11, dim=16),
-        ir.block("gpt.trunk.blocks", "Transformer", ["x"], ["x"], dim=16, depth=2, heads=2, causal=True, rope=True),
+        ir.block(
+            "gpt.trunk.blocks", "Transformer", ["x"], ["x"], dim=16, depth=2, heads=2, causal=True, rope=True
+        ),
         ir.block("gpt.head.lm", "LMHead", ["x"], ["logits"], 16, 11, tie="embed"),
         ir.loss("ce", "LMCrossEntropy", ["logits", "targets"], ["loss"]),
         ir.metric("ppl", "Perplexity", ["logits", "targets"]),
@@ -183,3 +188,41 @@ def test_real_library_gpt_builds_ties_and_trains_one_step(ir):
     torch.testing.assert_close(logs["ppl"], total.detach().exp(), rtol=1e-4, atol=1e-4)
     total.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+# -- through the front end ------------------------------------------------------------------------
+
+GPT_FILE = """l3m 1
+let dim = 16
+data {
+  train: Synthetic(kind = "tokens", vocab = 11, seq_len = 6, batch_size = 2) -> tokens, targets
+}
+model gpt {
+  preprocessor { embed: TokenEmbedding(vocab = 11, dim = dim)  tokens -> x }
+  trunk        { blocks: Transformer(dim = dim, depth = 2, heads = 2, causal = true)  x -> x }
+  head         { lm: LMHead(dim, 11, tie = "embed")  x -> logits }
+}
+loss ce: LMCrossEntropy()  logits, targets -> loss
+metric ppl: Perplexity()  logits, targets -> ppl
+optimizer AdamW(lr = 3e-4)
+train { steps = 2, freeze = ["trunk.blocks.block.layers.0.*"] }
+"""
+
+
+def test_a_compiled_file_builds_and_steps(tmp_path):
+    from l3m.dsl import compile_file
+
+    path = tmp_path / "gpt.l3m"
+    path.write_text(GPT_FILE)
+    compiled = compile_file(str(path))
+    compiled.raise_errors()
+    torch.manual_seed(0)
+    model = materialize(build_model(compiled.program, schedule=compiled.flow.model_order()))
+    crit = build_criterion(compiled.program)
+    assert model.schedule == ["preprocessor.embed", "trunk.blocks", "head.lm"]
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen and all(n.startswith("trunk.blocks.block.layers.0.") for n in frozen)
+    total, logs = crit(model(batch(6)))
+    assert set(logs) == {"ce", "ppl"} and torch.isfinite(total)
+    total.backward()
+    assert all((p.grad is None) == (not p.requires_grad) for p in model.parameters())

@@ -158,19 +158,24 @@ def test_schedule_orders_execution_but_not_parameter_names():
 
 def test_key_text_is_only_ever_a_string_literal():
     evil = "x'] + __import__('os').getcwd() + d['"
-    model = MetaModel([("trunk.a", rw(Lin(), args=(evil,), writes=("y z",)))])
-    assert repr(evil) in model.code
-    compile(model.code, "<check>", "exec")
+    model = MetaModel([
+        ("trunk.a", rw(Lin(), args=(evil,), writes=("y z",))),
+        ("trunk.b", ReadWriteBlock(Split(), ["y z"], writes=["y-z", "y.z"])),
+    ])  # fmt: skip
+    assert repr(evil) in model.code and "y_z_2, y_z_2_ = " in model.code
     out = model({evil: torch.randn(2, 4)})
-    assert set(out) == {evil, "y z"}
+    assert set(out) == {evil, "y z", "y-z", "y.z"}
+    torch.testing.assert_close(out["y.z"], out["y z"].sum())
 
 
 def test_odd_module_names_are_reached_with_getattr_and_reserved_ones_are_refused():
     model = MetaModel([("trunk.lambda", rw(Lin()))])
     assert "getattr(self.trunk, 'lambda').block" in model.code
     assert model({"x": torch.randn(1, 4)})["x"].shape == (1, 4)
-    with pytest.raises(ValueError, match="reserved by nn.Module"):
+    with pytest.raises(ValueError, match="'train' is reserved \\(an attribute of Stage\\)"):
         MetaModel([("trunk.train", rw(Lin()))])
+    with pytest.raises(ValueError, match="'code' is reserved \\(an attribute of MetaModel\\)"):
+        MetaModel([("code.a", rw(Lin()))])
     with pytest.raises(ValueError, match="collides"):
         MetaModel([("trunk", rw(Lin())), ("trunk.b", rw(Lin()))])
 

@@ -63,9 +63,13 @@ def test_flops_match_the_flop_counter_on_the_real_model(lm):
         loss = crit(model(d))[0]
     with FlopCounterMode(display=False) as bwd:
         loss.backward()
-    assert p["flops_per_sample"]["forward"] == fwd.get_total_flops() > 0
-    assert p["flops_per_sample"]["backward"] == bwd.get_total_flops() > 0
-    assert p["flops_per_sample"]["total"] == fwd.get_total_flops() + bwd.get_total_flops()
+    # Torch's counter has no formula for the CPU attention kernel; on meta, attention runs as two
+    # [L, E] x [E, L] batched matmuls (4·B·H·L·L·E forward, twice that backward) per layer.
+    attention = 2 * 4 * 1 * 2 * 6 * 6 * 8
+    assert p["flops_per_sample"]["forward"] == fwd.get_total_flops() + attention
+    assert p["flops_per_sample"]["backward"] == bwd.get_total_flops() + 2 * attention
+    assert p["flops_per_sample"]["total"] == fwd.get_total_flops() + bwd.get_total_flops() + 3 * attention
+    assert fwd.get_total_flops() > 0 and bwd.get_total_flops() > 0
 
 
 def two_linears(ir, **train):
@@ -87,8 +91,9 @@ def test_flops_and_activations_by_hand(ir):
     # saved for backward: x (l1's weight grad), h (l2's), and the loss's y and t: 12 + 24 + 6 + 6 floats.
     assert p["activation_bytes_per_sample"] == 4 * (12 + 24 + 6 + 6)
     assert plan(two_linears(ir, dtype="bf16"))["activation_bytes_per_sample"] == 2 * (12 + 24 + 6 + 6)
-    frozen = plan(two_linears(ir, freeze=["trunk.l1.*"]))  # no weight grad for l1
-    assert frozen["flops_per_sample"]["backward"] == 96 + 96
+    # With l1 frozen nothing before l2 needs a gradient: only l2's weight grad, and l1 saves nothing.
+    frozen = plan(two_linears(ir, freeze=["trunk.l1.*"]))
+    assert frozen["flops_per_sample"]["backward"] == 96
     assert frozen["activation_bytes_per_sample"] == 4 * (24 + 6 + 6)
 
 
@@ -112,7 +117,8 @@ def test_memory_per_rank_by_hand(ir):
     assert p["memory_per_rank"] == {"params": 4 * 264, "grads": 4 * 128, "optimizer": 8 * 128,
                                     "total": 4 * 264 + 4 * 128 + 8 * 128}  # fmt: skip
     assert p["params"]["total"] == 512 + 480 + 30 and p["params"]["trainable"] == 512
-    assert sharded(ir, ir.call("SGD"), dp_shard=-1)["memory_per_rank"]["optimizer"] == 0
+    # Unsharded over dp_replicate: 8 chunks, `a` holds 4×16 = 64 per rank; a momentum buffer is one state.
+    assert sharded(ir, ir.call("SGD", momentum=0.0), dp_shard=-1)["memory_per_rank"]["optimizer"] == 0
     assert sharded(ir, ir.call("SGD", momentum=0.9), dp_shard=-1)["memory_per_rank"]["optimizer"] == 4 * 64
     assert sharded(ir, ir.call("LARS"), dp_shard=-1)["memory_per_rank"]["optimizer"] == 4 * 64
     odd = sharded(ir, ir.call("Shampoo"), dp_shard=-1)
@@ -130,6 +136,7 @@ def test_batch_from_source_spec_and_generators(ir):
         ir.block("m.trunk.drop", "ToyMasked", ["x", "mask"], ["x"]),
         ir.block("m.head.lm", "ToyLinear", ["x"], ["logits"], 4, 11, bias=False),
         ir.loss("ce", "ToyCE", ["logits", "targets"]),
+        optimizer=ir.call("AdamW"),
     )
     p = plan(prog)
     assert p["notes"] == [] and p["flops_per_sample"]["forward"] == 2 * 6 * 4 * 11

@@ -11,7 +11,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    ParallelStyle,
+    RowwiseParallel,
+    SequenceParallel,
+)
 
 from l3m.model.blocks.embeddings import apply_rope
 from l3m.model.blocks.layers import Linear
@@ -72,7 +77,7 @@ class Attention(nn.Module):
         kvh = kv_heads or heads
         if heads % kvh:
             raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kvh})")
-        self.head_dim, self.rep, self.cross, self.fused = hd, heads // kvh, cross, fused_qkv
+        self.head_dim, self.rep, self.cross, self.fused, self.qk_norm = hd, heads // kvh, cross, fused_qkv, qk_norm
         cdim = context_dim or dim
 
         def lin(i: int, o: int, bias: bool, d: int = 0) -> Linear:
@@ -99,6 +104,11 @@ class Attention(nn.Module):
         names = ["q", "kv"] if self.cross and self.fused else ["qkv"] if self.fused else ["q", "k", "v"]
         plan: dict[str, ParallelStyle] = {n: ColwiseParallel() for n in names}
         plan["proj"] = RowwiseParallel()
+        if self.qk_norm:
+            # The norms see only this rank's heads; as "sequence parallel" over the head dim
+            # their replicated weights get gradients summed over ranks.
+            plan["q_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
+            plan["k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
         return plan
 
     def project(self, x: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, ...]:

@@ -23,7 +23,8 @@ from l3m.registry import register
 def balance_loss(probs: torch.Tensor, expert_idx: torch.Tensor, num_experts: int) -> torch.Tensor:
     """Switch-Transformer load balancing: `E * sum_e f_e * P_e`, with f_e the fraction of
     assignments routed to expert e and P_e its mean router probability (1.0 when uniform)."""
-    counts = torch.bincount(expert_idx.reshape(-1), minlength=num_experts).to(probs.dtype)
+    flat = expert_idx.reshape(-1)
+    counts = probs.new_zeros(num_experts).scatter_add(0, flat, probs.new_ones(flat.shape))
     frac = counts / expert_idx.numel()
     return num_experts * (frac * probs.mean(dim=0)).sum()
 
@@ -85,15 +86,22 @@ class MoE(nn.Module):
         expert = idx.t().reshape(-1)
         token = torch.arange(t, device=x.device).repeat(self.top_k)
         weight = weights.t().reshape(-1)
+        capacity = None
         if self.capacity_factor is not None:
             capacity = math.ceil(self.capacity_factor * t * self.top_k / self.num_experts)
-            onehot = F.one_hot(expert, self.num_experts)
-            position = (onehot.cumsum(dim=0) * onehot).sum(dim=-1) - 1
-            keep = position < capacity
-            expert, token, weight = expert[keep], token[keep], weight[keep]
+        if x.is_meta:  # shapes only (planning, FLOP counting): assume perfectly balanced routing
+            n, e_ = expert.shape[0], self.num_experts
+            counts = [n // e_ + (1 if e < n % e_ else 0) for e in range(e_)]
+            counts = [min(c, capacity) for c in counts] if capacity is not None else counts
+        else:
+            if capacity is not None:
+                onehot = (expert[:, None] == torch.arange(self.num_experts, device=x.device)).long()
+                position = (onehot.cumsum(dim=0) * onehot).sum(dim=-1) - 1
+                keep = position < capacity
+                expert, token, weight = expert[keep], token[keep], weight[keep]
+            counts = torch.bincount(expert, minlength=self.num_experts).tolist()
 
         order = torch.argsort(expert, stable=True)
-        counts = torch.bincount(expert, minlength=self.num_experts).tolist()
         out = torch.zeros_like(xf)
         start = 0
         for e, c in enumerate(counts):

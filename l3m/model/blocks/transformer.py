@@ -77,6 +77,9 @@ class Transformer(nn.Module):
     Outputs: `x`; `aux_loss`, the MoE balancing terms summed over layers and scaled by
     `moe_aux_scale` (a zero scalar without MoE); and `hidden`, the final-normed average of the
     last `return_hidden` layers' outputs (None when `return_hidden` is 0).
+
+    `mask` is a boolean `[B, 1, N, N]` (True = may attend). With `causal` it is intersected
+    with the causal mask, so prefix attention is `causal=false` plus a PrefixCausalMask.
     """
 
     outputs = ("x", "aux_loss?", "hidden?")

@@ -1,0 +1,140 @@
+"""Weights in and out: a consolidated safetensors export of a checkpoint, and pretrained loading.
+
+Export reads only the model's tensors from a (possibly sharded) DCP checkpoint and writes one
+`.safetensors` file keyed by the model's parameter names, loadable anywhere without l3m.
+
+Pretrained loading takes a `.safetensors` file, a torch file (read with `weights_only=True`,
+never unpickling code) or an l3m checkpoint, keeps the tensors whose *file* names match the
+`include` globs and none of the `exclude` globs, renames them by prefix maps
+(`{"encoder.": "trunk."}`), and loads them into a model, reporting what is missing, unexpected
+or of the wrong shape; strict loading fails on any of those.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from l3m.train.checkpoint import load_model_tensors, read_state, resolve_checkpoint
+
+
+def export_checkpoint(checkpoint: str | Path, out_path: str | Path) -> dict[str, int]:
+    """Write the model weights of `checkpoint` (a step directory) to `out_path` as safetensors.
+
+    Returns `{"tensors": n, "step": step}`. Tied weights are written under each of their names.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(checkpoint)
+    tensors = load_model_tensors(path)
+    step = int(read_state(path).get("step", -1))
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in sorted(tensors.items())}, str(tmp),
+              metadata={"format": "pt", "producer": "l3m", "step": str(step)})
+    tmp.replace(out)
+    return {"tensors": len(tensors), "step": step}
+
+
+def read_weights(source: str | Path) -> dict[str, torch.Tensor]:
+    """A flat name -> tensor dict from a safetensors file, a torch file or an l3m checkpoint/run."""
+    p = Path(source)
+    if not p.exists():
+        raise FileNotFoundError(f"no such weights file or checkpoint: {p}")
+    if p.is_dir():
+        return load_model_tensors(resolve_checkpoint(p))
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p))
+    obj = torch.load(p, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict", "module"):  # common wrappings of a model's state dict
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{p} does not hold a flat dictionary of tensors")
+    return dict(obj)
+
+
+def select_and_rename(
+    weights: Mapping[str, torch.Tensor],
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    rename: Mapping[str, str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Filter by the file's own names (`include`: keep only matches, when given; `exclude`: drop
+    matches), then rename by the longest matching prefix of `rename`."""
+    prefixes = sorted((rename or {}).items(), key=lambda kv: len(kv[0]), reverse=True)
+    out: dict[str, torch.Tensor] = {}
+    for name, t in weights.items():
+        if include and not any(fnmatch.fnmatchcase(name, g) for g in include):
+            continue
+        if any(fnmatch.fnmatchcase(name, g) for g in exclude):
+            continue
+        new = name
+        for old, repl in prefixes:
+            if name.startswith(old):
+                new = repl + name[len(old):]
+                break
+        if new in out:
+            raise ValueError(f"two tensors are renamed to {new!r}")
+        out[new] = t
+    return out
+
+
+@dataclass
+class LoadReport:
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # model tensors the file did not provide
+    unexpected: list[str] = field(default_factory=list)  # file tensors the model does not have
+    mismatched: list[str] = field(default_factory=list)  # "name: file (a, b) vs model (c, d)"
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self, limit: int = 8) -> str:
+        parts = [f"loaded {len(self.loaded)} tensor(s)"]
+        for what, names in (("missing", self.missing), ("unexpected", self.unexpected),
+                            ("wrong shape", self.mismatched)):
+            if names:
+                more = f" and {len(names) - limit} more" if len(names) > limit else ""
+                parts.append(f"{what}: {', '.join(names[:limit])}{more}")
+        return "; ".join(parts)
+
+
+def load_pretrained(
+    model: nn.Module,
+    source: str | Path | Mapping[str, torch.Tensor],
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    rename: Mapping[str, str] | None = None,
+    strict: bool = True,
+) -> LoadReport:
+    """Copy weights into `model` in place (see the module doc). With `strict`, any missing,
+    unexpected or mis-shaped tensor raises ValueError and nothing is copied."""
+    weights = source if isinstance(source, Mapping) else read_weights(source)
+    weights = select_and_rename(weights, include, exclude, rename)
+    own = model.state_dict()
+    report = LoadReport()
+    report.missing = [k for k in own if k not in weights]
+    report.unexpected = [k for k in weights if k not in own]
+    for k, t in weights.items():
+        if k in own and tuple(t.shape) != tuple(own[k].shape):
+            report.mismatched.append(f"{k}: file {tuple(t.shape)} vs model {tuple(own[k].shape)}")
+    if strict and not report.ok:
+        raise ValueError("pretrained weights do not fit the model: " + report.summary())
+    bad = {m.split(":")[0] for m in report.mismatched}
+    with torch.no_grad():
+        for k, t in weights.items():
+            if k in own and k not in bad:
+                own[k].copy_(t.to(dtype=own[k].dtype))
+                report.loaded.append(k)
+    return report

@@ -1,0 +1,128 @@
+"""Every diagnostic code: a program that triggers it, where it points, and its explanation."""
+
+from __future__ import annotations
+
+import pytest
+
+from l3m.dsl.diagnostics import CODES, explain, render_github, render_text
+
+HEAD = "l3m 1\n"
+GPT = """data { train: TextBytes(seq_len = 8, batch_size = 2) -> tokens, targets }
+model gpt {
+  preprocessor { embed: TokenEmbedding(vocab = 256, dim = 16) tokens -> x }
+  trunk        { blocks: Transformer(dim = 16, depth = 1, heads = 2) x -> x }
+  head         { lm: LMHead(16, 256) x -> logits }
+}
+loss ce: LMCrossEntropy() logits, targets -> loss
+"""
+
+CASES = {
+    # code: (program, substring of the message, (line, col) of the caret or None)
+    "E001": (HEAD + "model m { trunk { a: X() x y } }", "unexpected name 'y'", (2, 28)),
+    "E003": ("l3m 2\n", "version 2", (1, 5)),
+    "E004": (HEAD + "let a = " + "[" * 100 + "]" * 100, "nest deeper", None),
+    "E101": (HEAD + GPT.replace("logits, targets", "logits, targts"), "'targts', which nothing writes", (8, 35)),
+    "E102": (HEAD + GPT.replace("head         { lm: LMHead(16, 256) x -> logits }",
+                                "head { lm: LMHead(16, 256) x -> logits\n e: Linear(16, 16) targets -> x }"),
+             "already written", None),
+    "E103": (HEAD + GPT.replace("embed: TokenEmbedding(vocab = 256, dim = 16) tokens -> x",
+                                "embed: Linear(16, 16) y -> x\n  e2: Linear(16, 16) x -> y"), "cycle", None),
+    "E104": (HEAD + GPT.replace("trunk        { blocks: Transformer(dim = 16, depth = 1, heads = 2) x -> x }",
+                                "trunk { blocks: Transformer(dim = 16, depth = 1, heads = 2) z -> x }")
+             .replace("x -> logits }", "x -> logits\n z0: Linear(16, 16) x -> z }"), "later head", None),
+    "E105": (HEAD + GPT.replace("-> tokens, targets }", "-> tokens, targets\n eval: TextBytes() -> (tokens = tokens, targets = t2) }"),
+             "does not write 'targets'", None),
+    "E201": (HEAD + GPT.replace("Transformer(", "Transfomer("), "unknown block 'Transfomer'", (5, 26)),
+    "E202": (HEAD + GPT.replace("loss ce: LMCrossEntropy()", "loss ce: Transformer(dim=1, depth=1, heads=1)"),
+             "is a block, but a loss is expected", None),
+    "E203": (HEAD + GPT.replace("depth = 1,", "depht = 1,"), "no argument 'depht'", (5, 48)),
+    "E204": (HEAD + GPT.replace("depth = 1, ", ""), "needs the argument 'depth'", None),
+    "E205": (HEAD + GPT.replace("depth = 1", "depth = 1.5"), "must be an integer, not a number", None),
+    "E206": (HEAD + GPT.replace("LMHead(16, 256)", "LMHead(16, 256, false, \"\", false, \"normal\", 0.1, 9)"),
+             "positional", None),
+    "E207": (HEAD + "let a = 1\nlet a = 2\n" + GPT, "defined twice", (3, 5)),
+    "E301": (HEAD + GPT.replace("x -> logits", "x, tokens -> logits"), "no port to bind", None),
+    "E302": (HEAD + GPT.replace("loss ce: LMCrossEntropy() logits, targets", "loss ce: LMCrossEntropy() (logits = logits)"),
+             "input port 'targets'", None),
+    "E401": (HEAD + 'import "missing.l3m" as m\n' + GPT, "no such file", (2, 8)),
+    "E403": (HEAD + GPT.replace("dim = 16)", "dim = size)"), "'size' is not defined", None),
+    "E404": (HEAD + "let a = 1 // 0\n" + GPT, "division by zero", None),
+    "E405": (HEAD + 'extension "l3m_no_such_module_xyz"\n' + GPT, "could not be imported", None),
+    "E602": (HEAD + GPT + "train { stpes = 3 }", "no setting 'stpes'", None),
+    "E603": (HEAD + GPT + "optimizer AdamW()\noptimizer SGD()", "declared twice", None),
+    "W101": (HEAD + GPT.replace("x -> logits", "x -> logits\n extra: Linear(16, 16) x -> unused"), "never read", None),
+    "W102": (HEAD + "keys { ghost: float[B, N] }\n" + GPT, "declared but never written", None),
+    "W103": (HEAD + 'import "lib.l3m" as lib\n' + GPT, "never used", None),
+}
+
+
+@pytest.mark.parametrize("code", sorted(CASES))
+def test_code_is_reported(compile_text, code):
+    src, needle, where = CASES[code]
+    compiled = compile_text(src, **{"lib.l3m": "l3m 1\nlet z = 1\n"})
+    hits = [d for d in compiled.diagnostics if d.code == code]
+    assert hits, f"{code} not reported; got {[(d.code, d.message) for d in compiled.diagnostics]}"
+    d = hits[0]
+    assert needle in d.message, d.message
+    if where:
+        assert (d.span.line, d.span.col) == where
+    if code.startswith("E"):
+        assert not compiled.ok
+    # The rendering shows the source line and a caret under it.
+    text = render_text(d, compiled.sources)
+    assert f"error[{code}]" in text or f"warning[{code}]" in text
+    if d.span and not d.span.file.startswith("<"):
+        assert "^" in text
+
+
+def test_import_cycle_prints_the_chain(compile_text):
+    compiled = compile_text(HEAD + 'import "a.l3m" as a\nlet x = a.y\n',
+                            **{"a.l3m": HEAD + 'import "b.l3m" as b\nlet y = b.z\n',
+                               "b.l3m": HEAD + 'import "a.l3m" as a\nlet z = 1\n'})
+    (d,) = [d for d in compiled.diagnostics if d.code == "E402"]
+    assert "a.l3m -> " in d.message and "b.l3m" in d.message
+
+
+def test_error_in_imported_file_carries_the_import_chain(compile_text):
+    compiled = compile_text(HEAD + 'import "lib.l3m" as lib\nlet x = lib.y\n', **{"lib.l3m": HEAD + "let y = 1 // 0\n"})
+    (d,) = [d for d in compiled.diagnostics if d.code == "E404"]
+    assert d.span.file.endswith("lib.l3m")
+    assert d.span.chain and "prog.l3m:2" in d.span.chain[0]
+    assert "imported from" in render_text(d, compiled.sources)
+
+
+def test_mesh_must_fit_the_world_size(compile_text):
+    src = HEAD + GPT + "mesh { dp_shard = -1, tp = 4 }\n"
+    assert compile_text(src, world_size=8).ok
+    bad = compile_text(src, world_size=6)
+    (d,) = [d for d in bad.diagnostics if d.code == "E601"]
+    assert "world size 6" in d.message
+
+
+def test_one_bad_name_does_not_cascade(compile_text):
+    compiled = compile_text(HEAD + GPT.replace("TokenEmbedding(", "TokenEmbeding("))
+    assert [d.code for d in compiled.errors] == ["E201"]
+
+
+def test_several_errors_are_all_reported(compile_text):
+    src = HEAD + GPT.replace("Transformer(", "Transfomer(").replace("logits, targets", "logits, targts")
+    codes = {d.code for d in compile_text(src).errors}
+    assert {"E201", "E101"} <= codes
+
+
+@pytest.mark.parametrize("code", sorted(CODES))
+def test_every_code_explains_itself(code):
+    text = explain(code)
+    assert text.startswith(code) and len(text) > 40
+    assert explain(code.lower()) == text
+
+
+def test_every_code_has_a_test():
+    tested = set(CASES) | {"E002", "E402", "E501", "E601", "E701", "N001"}
+    assert set(CODES) <= tested
+
+
+def test_github_annotation_format(compile_text):
+    compiled = compile_text(HEAD + GPT.replace("Transformer(", "Transfomer("))
+    line = render_github(compiled.errors[0])
+    assert line.startswith("::error file=") and ",line=5,col=26,title=E201::" in line
