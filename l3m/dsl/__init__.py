@@ -28,6 +28,13 @@ class Compiled:
     def errors(self) -> list[Diagnostic]:
         return [d for d in self.diagnostics if d.is_error]
 
+    def build_model(self, device: str = "meta"):
+        """The `MetaModel`, its forward in this program's schedule order (on the meta device by default)."""
+        from l3m.model.build import build_model
+
+        self.raise_errors()
+        return build_model(self.program, device=device, schedule=self.flow.model_order())
+
     def raise_errors(self) -> None:
         if not self.ok:
             raise CompileError(self.errors, self.sources)

@@ -27,8 +27,6 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 # Which registry kinds a node may name, by where it stands.
 ROLE_KINDS = {"data": ("source", "generator"), "block": ("block",), "loss": ("loss",), "metric": ("metric",),
               "optimizer": ("optimizer",), "schedule": ("schedule",)}
-# Leading factory parameters filled by the trainer, not the file.
-_SKIP_PARAMS = {"optimizer": 1, "schedule": 2}
 _INTERP = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*)(:-([^}]*))?\}")
 
 
@@ -106,6 +104,7 @@ class Resolver:
         self.cli_extensions = extensions
         self.program: Program | None = None
         self.index = 0
+        self.paths: set[str] = set()  # node and model paths taken so far
 
     # ------------------------------------------------------------------ diagnostics
     def error(self, code: str, message: str, span: Span | None, help: str | None = None,
@@ -439,9 +438,10 @@ class Resolver:
                     key_map: dict[str, str] | None, override_prefix: str) -> None:
         path = f"{parent}.{item.name}" if parent else item.name
         prog = self.program
-        if any(m.path == path for m in prog.models):
+        if path in self.paths:
             self.error("E207", f"model '{path}' is declared twice", item.span)
             return
+        self.paths.add(path)
         if isinstance(item, ast.ModelInst):
             self._instance(item, env, parent, key_map, override_prefix)
             return
@@ -560,9 +560,10 @@ class Resolver:
               key_map: dict[str, str] | None = None, override_path: str | None = None) -> None:
         prog = self.program
         override_path = override_path or path
-        if any(x.path == path for x in prog.nodes):
+        if path in self.paths:
             self.error("E207", f"'{n.name}' is declared twice here", n.span)
             return
+        self.paths.add(path)
         call = self._call(n.call, env, where, ROLE_KINDS[where], override_path)
         if call is None:  # keep its keys in the dataflow, so one bad name does not cascade
             role = {"data": "generator" if n.reads else "source"}.get(where, where)
@@ -658,7 +659,7 @@ class Resolver:
             phrase = " or ".join(registry.KIND_PHRASE[k] for k in kinds)
             self.error("E202", f"'{name}' is {registry.KIND_PHRASE[entry.kind]}, but {phrase} is expected here", c.span)
             return None
-        params = list(entry.signature.parameters.values())[_SKIP_PARAMS.get(entry.kind, 0):]
+        params = list(entry.signature.parameters.values())[registry.RUNTIME_PARAMS.get(entry.kind, 0):]
         by_name = {p.name: p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
         accepts_any = any(p.kind is p.VAR_KEYWORD for p in params)
         positional_ok = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
