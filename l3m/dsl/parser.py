@@ -25,8 +25,9 @@ class ParseFailure(Exception):
 @functools.cache
 def _parser() -> lark.Lark:
     grammar = resources.files("l3m.dsl").joinpath("grammar.lark").read_text()
-    return lark.Lark(grammar, start=["program", "expr"], parser="lalr", lexer="basic",
-                     propagate_positions=True, maybe_placeholders=True)
+    # The AST is built while parsing (no intermediate tree): spans come from tokens, not tree metadata.
+    return lark.Lark(grammar, start=["program", "expr"], parser="lalr", lexer="basic", maybe_placeholders=True,
+                     transformer=_TRANSFORMER)
 
 
 # Words for the grammar's terminals, so messages never show internal names.
@@ -101,8 +102,8 @@ def _check_depth(text: str, file: str) -> None:
 def parse(text: str, file: str = "<string>") -> ast.Module:
     _check_depth(text, file)
     try:
-        tree = _parser().parse(text, start="program")
-        return _ToAst(file).transform(tree)
+        _TRANSFORMER.file = file
+        return _parser().parse(text, start="program")
     except lark.exceptions.UnexpectedInput as e:
         raise ParseFailure(_syntax_diagnostic(e, file)) from None
     except RecursionError:
@@ -113,7 +114,8 @@ def parse_expr(text: str, file: str = "<override>") -> ast.Expr:
     """An expression on its own (command-line override values)."""
     _check_depth(text, file)
     try:
-        return _ToAst(file).transform(_parser().parse(text, start="expr"))
+        _TRANSFORMER.file = file
+        return _parser().parse(text, start="expr")
     except lark.exceptions.UnexpectedInput as e:
         raise ParseFailure(_syntax_diagnostic(e, file)) from None
     except RecursionError:
@@ -182,11 +184,12 @@ class _ToAst(Transformer):
         super().__init__()
         self.file = file
 
-    def _span(self, meta) -> Span:
-        return Span(self.file, meta.line, meta.column, meta.end_line, meta.end_column)
-
     def _tok(self, tok: Token) -> Span:
         return _span_tok(self.file, tok)
+
+    @staticmethod
+    def _join(a: Span, b: Span) -> Span:
+        return Span(a.file, a.line, a.col, b.end_line, b.end_col)
 
     # ---------------------------------------------------------------- expressions
     @v_args(inline=True)
@@ -201,52 +204,49 @@ class _ToAst(Transformer):
     def string(self, tok):
         return ast.Str(self._tok(tok), _unescape(str(tok)[1:-1]))
 
-    @v_args(meta=True)
-    def true(self, meta, _):
-        return ast.Const(self._span(meta), True)
+    @v_args(inline=True)
+    def true(self, tok):
+        return ast.Const(self._tok(tok), True)
 
-    @v_args(meta=True)
-    def false(self, meta, _):
-        return ast.Const(self._span(meta), False)
+    @v_args(inline=True)
+    def false(self, tok):
+        return ast.Const(self._tok(tok), False)
 
-    @v_args(meta=True)
-    def null(self, meta, _):
-        return ast.Const(self._span(meta), None)
+    @v_args(inline=True)
+    def null(self, tok):
+        return ast.Const(self._tok(tok), None)
 
-    @v_args(meta=True)
-    def list_(self, meta, items):
-        return ast.ListExpr(self._span(meta), [i for i in items if i is not None])
+    def list_(self, children):
+        bracket, *items = children
+        return ast.ListExpr(self._tok(bracket), [i for i in items if i is not None])
 
-    @v_args(meta=True)
-    def ref(self, meta, children):
-        (parts,) = children
-        return ast.Ref(self._span(meta), [str(p) for p in parts])
+    @v_args(inline=True)
+    def ref(self, parts):
+        return ast.Ref(self._span_parts(parts), [str(p) for p in parts])
 
     def qualname(self, toks):
         return toks  # list of NAME tokens
 
     def _bin(op):  # noqa: N805 - a rule factory, not a method
-        @v_args(meta=True)
-        def rule(self, meta, children):
-            left, right = children
-            return ast.BinOp(self._span(meta), op, left, right)
+        @v_args(inline=True)
+        def rule(self, left, right):
+            return ast.BinOp(self._join(left.span, right.span), op, left, right)
 
         return rule
 
     add, sub, mul, div = _bin("+"), _bin("-"), _bin("*"), _bin("/")
     floordiv, mod, pow = _bin("//"), _bin("%"), _bin("**")
 
-    @v_args(meta=True)
-    def neg(self, meta, children):
-        return ast.Neg(self._span(meta), children[0])
+    @v_args(inline=True)
+    def neg(self, minus, operand):
+        return ast.Neg(self._join(self._tok(minus), operand.span), operand)
 
     @v_args(inline=True)
     def pos(self, operand):
         return operand
 
     # ---------------------------------------------------------------- calls and bindings
-    @v_args(meta=True)
-    def call(self, meta, children):
+    def call(self, children):
         parts, *args = children
         return ast.CallExpr([str(p) for p in parts], self._span_parts(parts), [a for a in args if a is not None])
 
@@ -254,9 +254,9 @@ class _ToAst(Transformer):
         first, last = parts[0], parts[-1]
         return Span(self.file, first.line, first.column, last.end_line, last.end_column)
 
-    @v_args(meta=True)
-    def pos_arg(self, meta, children):
-        return ast.Arg(None, children[0], self._span(meta))
+    @v_args(inline=True)
+    def pos_arg(self, value):
+        return ast.Arg(None, value, value.span)
 
     @v_args(inline=True)
     def kw_arg(self, name, value):
@@ -371,7 +371,7 @@ class _ToAst(Transformer):
         return ast.KeyDeclAst(str(name), self._tok(name), str(dtype), shape)
 
     def shape(self, dims):
-        return [int(str(d)) if d.type == "INT" else str(d) for d in dims if d is not None]
+        return [int(str(d)) if d.type == "INT" else str(d) for d in dims[1:] if d is not None]
 
     def data(self, nodes):
         return ("data", nodes)
@@ -421,3 +421,6 @@ class _ToAst(Transformer):
                 else:
                     target.append(value)
         return mod
+
+
+_TRANSFORMER = _ToAst("<string>")
