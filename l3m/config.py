@@ -75,7 +75,7 @@ def resolve_mesh(mesh: MeshConfig, world_size: int) -> dict[str, int]:
     if len(free) > 1:
         raise ValueError(f"only one mesh dimension may be -1, but {' and '.join(free)} are")
     fixed = 1
-    for k, v in dims.items():
+    for v in dims.values():
         if v != -1:
             fixed *= v
     if free:

@@ -8,6 +8,7 @@ node is held against the registry: its name, its constructor's arguments and its
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
@@ -349,10 +350,8 @@ class Resolver:
         self.valid_paths.update(scope.lets)
         self._extensions(mod, prog)
         for name in scope.lets:  # evaluate every let, so errors show even in unused ones
-            try:
+            with contextlib.suppress(_Fail):
                 prog.lets[name] = self._let_value(scope, name)
-            except _Fail:
-                pass
         for k in mod.keys:
             if k.name in prog.keys:
                 self.error("E207", f"key '{k.name}' is declared twice", k.span)
@@ -375,7 +374,7 @@ class Resolver:
                 setattr(prog, kind, self._call(calls[0], env, kind, ROLE_KINDS[kind], f"{kind}"))
         self._sections(mod, env, prog)
         self._report_unused_overrides()
-        for alias, child in scope.imports.items():
+        for alias in scope.imports:
             if alias not in scope.used_imports:
                 imp = next(i for i in mod.imports if i.alias == alias)
                 self.error("W103", f"import '{alias}' is never used", imp.alias_span)
@@ -524,7 +523,7 @@ class Resolver:
                                did_you_mean(b.port, names))
                     continue
                 new_map[b.port] = outer.get(b.key, b.key)
-            for pname, pspan in ports:
+            for pname, _ in ports:
                 if pname not in new_map:
                     self.error("E302", f"{direction} port '{pname}' of template '{d.name}' is not bound", inst.span)
         new_map["__prefix__"] = path

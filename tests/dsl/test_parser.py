@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from helpers import SHIPPED
 
 from l3m.dsl import ast
 from l3m.dsl.parser import ParseFailure, parse
-from helpers import SHIPPED
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
