@@ -90,3 +90,27 @@ def test_long_expression_chain_does_not_crash():
         parse("l3m 1\nlet a = " + "+".join(["1"] * 20000), "f.l3m")
     except ParseFailure as e:
         assert e.diagnostic.code == "E004"
+
+
+def test_accelerated_and_pure_parsers_agree(monkeypatch):
+    """lark-cython (when installed) must build exactly the AST and the errors that pure Lark builds."""
+    from l3m.dsl import parser
+
+    bad = ["l3m 1\nmodel m { trunk { a: X() x y } }", "l3m 1\nlet x = ", "l3m 1\nlet x = 'a'"]
+
+    def run():
+        parser._parser.cache_clear()
+        asts = [parser.parse(p.read_text(), str(p)) for p in SHIPPED]
+        errors = []
+        for src in bad:
+            with pytest.raises(ParseFailure) as e:
+                parser.parse(src, "f.l3m")
+            d = e.value.diagnostic
+            errors.append((d.message, d.span, d.help))
+        return asts, errors
+
+    fast = run()
+    monkeypatch.setattr(parser, "ACCELERATED", False)
+    pure = run()
+    parser._parser.cache_clear()
+    assert fast == pure
