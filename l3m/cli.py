@@ -260,7 +260,13 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Files and overrides may stand after options too (`l3m train f.l3m --no-resume train.steps=5`).
+    args, extra = parser.parse_known_args(argv)
+    flags = [a for a in extra if a.startswith("-")]
+    if flags or (extra and not hasattr(args, "items")):
+        parser.error(f"unrecognized arguments: {' '.join(flags or extra)}")
+    if extra:
+        args.items = list(args.items) + extra
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
