@@ -22,7 +22,14 @@ from l3m.train.engine import NonFiniteError, Trainer, evaluate, load_weights, re
 from l3m.train.export import export_checkpoint, load_pretrained
 from l3m.train.logging import ConsoleSink, RunLogger
 from l3m.train.rundir import default_run_dir, resolved, write_program_record
-from l3m.train.session import IncompleteProgram, Runtime, build_session, init_runtime, shutdown_runtime
+from l3m.train.session import (
+    IncompleteProgram,
+    Runtime,
+    Session,
+    build_session,
+    init_runtime,
+    shutdown_runtime,
+)
 
 
 class UsageError(Exception):
@@ -56,26 +63,31 @@ def _barrier(rt: Runtime) -> None:
         dist.barrier()
 
 
-def _set_aside(run_dir: Path, notes: list[str]) -> None:
+Notes = list[tuple[str, str]]  # (level, text) said once the logger exists
+
+
+def _set_aside(run_dir: Path, notes: Notes) -> None:
     """A fresh start in a directory with checkpoints: keep the old ones as `ckpt.prev`."""
     ckpt = run_dir / "ckpt"
     if ckpt.is_dir() and any(ckpt.iterdir()):
         prev = run_dir / "ckpt.prev"
         shutil.rmtree(prev, ignore_errors=True)
         ckpt.rename(prev)
-        notes.append(f"not resuming: moved the earlier checkpoints to {prev}")
+        notes.append(("info", f"not resuming: moved the earlier checkpoints to {prev}"))
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
         metrics.replace(run_dir / "metrics.prev.jsonl")
 
 
-def _choose_checkpoint(ckpt: CheckpointManager, resume: bool | None, notes: list[str]) -> Found | None:
+def _choose_checkpoint(ckpt: CheckpointManager, resume: bool | None, notes: Notes) -> Found | None:
     ckpt.clean_stale()
     found = ckpt.latest_valid() if ckpt.has_any() else None
     if found is None and resume is True:
         raise UsageError(f"--resume: no complete checkpoint to resume from in {ckpt.root}")
     if found is None and ckpt.has_any():
-        notes.append(f"no usable checkpoint in {ckpt.root}; starting from scratch")
+        notes.append(("warning", f"no usable checkpoint in {ckpt.root}; starting from scratch"))
+    for moved in ckpt.set_aside_after(found.step if found is not None else 0):
+        notes.append(("info", f"set {moved.name[: -len('.skipped')]} aside as {moved}"))
     return found
 
 
@@ -90,6 +102,7 @@ def train_main(
     continues from one when the output directory has it, False starts afresh (setting the old
     checkpoints aside)."""
     rt: Runtime | None = None
+    session: Session | None = None
     logger = RunLogger.null()
     code = 0
     deterministic_before = torch.are_deterministic_algorithms_enabled()
@@ -100,24 +113,24 @@ def train_main(
             return compiled
         run_dir = Path(output) if output else default_run_dir(path)
         session = build_session(compiled, rt, command="train")
-        notes: list[str] = []
+        notes: Notes = []
         if rt.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             if resume is False:
                 _set_aside(run_dir, notes)
         _barrier(rt)
-        ckpt = CheckpointManager(run_dir / "ckpt", keep=session.train.keep, rank=rt.rank, report=notes.append)
+        ckpt = CheckpointManager(run_dir / "ckpt", keep=session.train.keep, rank=rt.rank, report=lambda t: notes.append(("warning", t)))
         found = _choose_checkpoint(ckpt, resume, notes) if resume is not False else None
         if rt.is_main:
             if found is not None:
                 dropped = resume_metrics(run_dir, found.step)
                 if dropped:
-                    notes.append(f"dropped {dropped} metrics line(s) logged after step {found.step}")
+                    notes.append(("info", f"dropped {dropped} metrics line(s) logged after step {found.step}"))
             write_program_record(run_dir, compiled.program, compiled.flow.model_order(), rt.world_size)
             logger = RunLogger.for_run(run_dir, session.log, compiled.program.section("log"), session.train.steps,
                                        resolved(compiled.program, compiled.flow.model_order()))
-        for note in notes:
-            logger.warning(note) if "damaged" in note or "incomplete" in note else logger.info(note)
+        for level, text in notes:
+            (logger.warning if level == "warning" else logger.info)(text)
         trainer = Trainer(session, run_dir, logger, ckpt)
         if found is not None:
             trainer.restore(found)
@@ -130,11 +143,7 @@ def train_main(
         return 0
     except IncompleteProgram as e:
         code = 1
-        if rt is not None:
-            from l3m.dsl.diagnostics import SourceCache
-
-            sources = compiled.sources if isinstance(compiled, Compiled) else SourceCache()
-            _print_diagnostics(rt, e.diagnostics, sources)
+        _print_diagnostics(rt, e.diagnostics, compiled.sources)
         return code
     except NonFiniteError as e:
         code = 1
@@ -154,7 +163,12 @@ def train_main(
         code = 1
         _err(rt, f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e))
         return code
+    except BaseException:  # a bug or an interrupt: the traceback is the report; wandb hears of the failure
+        code = 1
+        raise
     finally:
+        if session is not None:
+            session.close()
         logger.close(code)
         torch.use_deterministic_algorithms(deterministic_before)
         shutdown_runtime(rt)
@@ -163,12 +177,18 @@ def train_main(
 def run_eval(path: str, overrides: Sequence[str], checkpoint: str, extensions: Sequence[str] = (),
              rt: Runtime | None = None) -> tuple[int, dict[str, dict]]:
     """Evaluate the weights in `checkpoint` (a run, checkpoint directory or weights file) on the
-    program's evaluation sources: `(step of the checkpoint or -1, {source: results})`."""
+    program's evaluation sources: `(step of the checkpoint or -1, {source: results})`.
+
+    Raises `ProgramErrors` when the program does not compile or cannot be evaluated."""
     rt = rt or Runtime()
     compiled = _compile(path, overrides, rt, extensions)
     if isinstance(compiled, int):
-        raise _CompileFailed(compiled)
-    session = build_session(compiled, rt, command="eval")
+        raise ProgramErrors(compiled)
+    try:
+        session = build_session(compiled, rt, command="eval")
+    except IncompleteProgram as e:
+        _print_diagnostics(rt, e.diagnostics, compiled.sources)
+        raise ProgramErrors(1) from e
     source = Path(checkpoint)
     step = -1
     if source.is_file():
@@ -182,29 +202,29 @@ def run_eval(path: str, overrides: Sequence[str], checkpoint: str, extensions: S
     return step, evaluate(session, max_batches=session.train.eval_steps)
 
 
-class _CompileFailed(Exception):
+class ProgramErrors(Exception):
+    """The program was reported as not runnable (its diagnostics already printed); `code` is the exit code."""
+
     def __init__(self, code: int) -> None:
+        super().__init__(f"exit code {code}")
         self.code = code
 
 
 def eval_main(path: str, overrides: Sequence[str], checkpoint: str, extensions: Sequence[str] = ()) -> int:
+    """Evaluate a trained run (`--checkpoint`: run directory, checkpoint or weights file) on every
+    data source other than `train` (on `train` when there is no other) and print the results."""
     rt: Runtime | None = None
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
         rt = init_runtime()
         step, results = run_eval(path, overrides, checkpoint, extensions, rt)
         if rt.is_main:
-            console = ConsoleSink(_log_console(path, overrides), total_steps=max(step, 0))
+            console = ConsoleSink("rich" if sys.stdout.isatty() else "plain", total_steps=max(step, 0))
             for name, res in results.items():
                 console.record({"split": name, "step": step, **res})
         return 0
-    except _CompileFailed as e:
+    except ProgramErrors as e:
         return e.code
-    except IncompleteProgram as e:
-        if rt is not None and rt.is_main:
-            for d in e.diagnostics:
-                print(render_text(d, _empty_sources()), file=sys.stderr)
-        return 1
     except OSError as e:
         _err(rt, str(e))
         return 2
@@ -214,16 +234,6 @@ def eval_main(path: str, overrides: Sequence[str], checkpoint: str, extensions: 
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
         shutdown_runtime(rt)
-
-
-def _empty_sources():
-    from l3m.dsl.diagnostics import SourceCache
-
-    return SourceCache()
-
-
-def _log_console(path: str, overrides: Sequence[str]) -> str:
-    return "plain" if not sys.stdout.isatty() else "rich"
 
 
 def export_main(run_dir_or_checkpoint: str, out_path: str) -> int:

@@ -289,6 +289,22 @@ class CheckpointManager:
             choice = box[0]
         return choice
 
+    def set_aside_after(self, step: int) -> list[Path]:
+        """Rename every checkpoint directory past `step` (damaged or partial ones the run skipped)
+        to `<name>.skipped`, so that it neither counts towards `keep` nor is mistaken for a
+        checkpoint later; the run recomputes those steps (rank 0)."""
+        moved: list[Path] = []
+        if self.rank != 0 or not self.root.is_dir():
+            return moved
+        for p in sorted(self.root.iterdir()):
+            m = _STEP_DIR.match(p.name)
+            if m and p.is_dir() and int(m.group(1)) > step:
+                target = p.with_name(p.name + ".skipped")
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(p, target)
+                moved.append(target)
+        return moved
+
     def clean_stale(self) -> None:
         """Remove `.tmp` directories left by runs that were killed while saving (rank 0)."""
         if self.rank != 0 or not self.root.is_dir():

@@ -44,6 +44,10 @@ from l3m.train.logging import MetricsFile, RunLogger
 from l3m.train.session import Session
 
 
+class CheckpointMismatch(ValueError):
+    """A whole, verified checkpoint that cannot be loaded into this program's objects."""
+
+
 class NonFiniteError(RuntimeError):
     """A loss term (or the parameters) stopped being finite."""
 
@@ -70,10 +74,20 @@ def _valid_subset(d: Mapping[str, Any], valid: torch.Tensor) -> dict[str, Any]:
     return out
 
 
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a (possibly sharded) tensor, detached."""
+    t = t.detach()
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _all_reduce(t: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        dist.all_reduce(t, op=op)
     return t
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    return _all_reduce(t, dist.ReduceOp.SUM)
 
 
 @torch.no_grad()
@@ -164,7 +178,18 @@ class Trainer:
         return shared, {"rank": self.s.runtime.rank, "rng": rng_state()}
 
     def restore(self, found: Found) -> int:
-        """Load a verified checkpoint into the live objects; the step it was taken at."""
+        """Load a verified checkpoint into the live objects; the step it was taken at.
+
+        A checkpoint that does not fit the program (another model size, other parameter groups)
+        raises `CheckpointMismatch` rather than training on from a half-loaded state."""
+        try:
+            return self._restore(found)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+            raise CheckpointMismatch(
+                f"checkpoint {found.path} does not fit this program: {type(e).__name__}: {e}\n"
+                "(train into another --output, or pass --no-resume to start afresh)") from e
+
+    def _restore(self, found: Found) -> int:
         saved = read_state(found.path)
         skeleton = saved["state"]
         model, criterion, optim = self._model_states()  # also creates the optimizer's state to load into
@@ -175,7 +200,7 @@ class Trainer:
         model_sd.update({f"criterion.{k}": v for k, v in state.get("criterion", {}).items()})
         set_state_dict(self.s.holder, self.s.optimizer, model_state_dict=model_sd, optim_state_dict=state["optim"])
         if self.s.scheduler is not None and state.get("schedule"):
-            self.s.scheduler.load_state_dict(state["schedule"])
+            self._load_schedule(dict(state["schedule"]))
         self.s.precision.load_state_dict(state.get("scaler", {}))
         self.s.train_loader.load_state_dict(state["loader"])
         mine = read_rank_state(found.path, self.s.runtime.rank)
@@ -186,6 +211,15 @@ class Trainer:
                                 "dropout and other random ops will not repeat the original run")
         self.step = int(state["step"])
         return self.step
+
+    def _load_schedule(self, saved: dict[str, Any]) -> None:
+        """The schedule's position from the checkpoint, its shape from the program: a run resumed
+        with other settings (more `train.steps`) follows the new curve from where it stands."""
+        live = self.s.scheduler.state_dict()
+        if "lr_lambdas" in saved and saved["lr_lambdas"] != live.get("lr_lambdas"):
+            self.logger.warning("the schedule's settings changed since the checkpoint; following the new ones")
+            saved["lr_lambdas"] = live["lr_lambdas"]
+        self.s.scheduler.load_state_dict(saved)
 
     def save(self) -> Path:
         self.check_finite(params=True)
@@ -203,23 +237,26 @@ class Trainer:
 
     def check_finite(self, params: bool = False) -> None:
         """Raise NonFiniteError naming the first step and loss term that went bad (all ranks agree)."""
-        bad = _all_reduce_sum(self._bad.clone())  # any rank's bad step marks the term on all ranks
-        if bool(bad.any()):
-            hit = [(int(bad[i]), name) for i, name in enumerate([*self.terms, "loss"]) if int(bad[i])]
+        never = torch.iinfo(torch.long).max
+        first = torch.where(self._bad == 0, torch.full_like(self._bad, never), self._bad)
+        first = _all_reduce(first, dist.ReduceOp.MIN)  # the earliest bad step of each term on any rank
+        if bool((first != never).any()):
+            hit = [(int(first[i]), name) for i, name in enumerate([*self.terms, "loss"]) if int(first[i]) != never]
             step = min(s for s, _ in hit)
-            names = [n for s, n in hit if s == step and n != "loss"] or ["loss"]
-            what = " and ".join(f"'{n}'" for n in names)
-            total = "" if names != ["loss"] else " (the weighted total of finite terms)"
-            raise NonFiniteError(step, names[0],
-                                 f"non-finite loss at step {step}: loss term {what}{total} is NaN or infinite; "
-                                 "stopping without saving (lower the learning rate, enable grad_clip, "
-                                 "or check the data)")
+            names = [n for s, n in hit if s == step and n != "loss"]
+            if names:
+                what = "loss term " + " and ".join(f"'{n}'" for n in names) + (" is" if len(names) == 1 else " are")
+            else:
+                what = "the weighted total 'loss' (of finite terms) is"
+            raise NonFiniteError(step, (names or ["loss"])[0],
+                                 f"non-finite loss at step {step}: {what} NaN or infinite; stopping without "
+                                 "saving (lower the learning rate, enable grad_clip, or check the data)")
         if params:
             flag = torch.zeros((), device=self.s.device)
             for _, p in self.s.named_parameters():
-                flag += (~torch.isfinite(p.detach())).any().float()
+                flag += (~torch.isfinite(_local(p))).any().float()
             if bool(_all_reduce_sum(flag) > 0):
-                bad_names = [n for n, p in self.s.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+                bad_names = [n for n, p in self.s.named_parameters() if not bool(torch.isfinite(_local(p)).all())]
                 raise NonFiniteError(self.step, "parameters",
                                      f"parameters became non-finite by step {self.step} "
                                      f"({', '.join(bad_names[:4]) or 'on another rank'}); stopping without saving")
@@ -280,7 +317,8 @@ class Trainer:
             try:
                 from l3m.plan import plan
 
-                measured = plan(self.s.program, schedule=self.s.compiled.flow.model_order())["flops_per_sample"]
+                measured = plan(self.s.program, self.s.runtime.world_size,
+                                schedule=self.s.compiled.flow.model_order())["flops_per_sample"]
                 if measured:
                     self._flops = float(measured["total"])
             except Exception as e:  # noqa: BLE001 - MFU is a nicety; a model the planner cannot run still trains
@@ -357,10 +395,13 @@ class Trainer:
             if last or (cfg.log_every > 0 and self.step % cfg.log_every == 0):
                 self.check_finite()
                 self._log_train(stats)
+            paused = time.perf_counter()
             if last or (cfg.eval_every > 0 and self.step % cfg.eval_every == 0):
                 self.run_eval()
             if last or (cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0):
                 self.save()
+            t0, n, smp, tok = self._window  # evaluation and checkpoints do not count as training time
+            self._window = (t0 + time.perf_counter() - paused, n, smp, tok)
 
 
 def resume_metrics(run_dir: Path, step: int) -> int:

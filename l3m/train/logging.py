@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -122,9 +123,11 @@ class WandbSink:
                 os.environ["WANDB_BASE_URL"] = creds["host-name"]
         id_file = run_dir / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.is_file() else None
-        if not run_id:
-            run_id = wandb.util.generate_id()
+        if not run_id:  # kept in the run directory, so a resumed run continues the same wandb run
+            run_id = secrets.token_hex(6)
             id_file.write_text(run_id + "\n")
+        wandb_dir = Path(os.environ.get("WANDB_DIR") or run_dir)
+        wandb_dir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
             project=log.project,
             entity=creds.get("entity") or None,
@@ -132,7 +135,7 @@ class WandbSink:
             id=run_id,
             resume="allow",
             mode=mode,
-            dir=os.environ.get("WANDB_DIR") or str(run_dir),
+            dir=str(wandb_dir),
             config=dict(config),
         )
 
@@ -171,7 +174,7 @@ def format_record(record: Mapping[str, Any], total_steps: int) -> str:
         if record.get("tokens_per_s"):
             parts.append(f"{human(record['tokens_per_s'])} tok/s")
         if record.get("mfu") is not None:
-            parts.append(f"mfu {100 * record['mfu']:.1f}%")
+            parts.append(f"mfu {100 * record['mfu']:.2f}%")
         if record.get("memory_bytes") is not None:
             parts.append(f"mem {human_bytes(record['memory_bytes'])}")
         if record.get("eta_s") is not None:
@@ -194,7 +197,13 @@ class ConsoleSink:
 
             self.console = Console(highlight=False, soft_wrap=True)
             if self.console.is_terminal:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+                from rich.progress import (
+                    BarColumn,
+                    MofNCompleteColumn,
+                    Progress,
+                    TextColumn,
+                    TimeRemainingColumn,
+                )
 
                 self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                                          TimeRemainingColumn(), console=self.console, transient=True)

@@ -50,7 +50,7 @@ def memory_bytes(device: torch.device) -> int:
         return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measured_peak_flops(device_type: str, dtype: torch.dtype) -> float:
     """FLOP/s of a square matmul on this device, timed once per process."""
     n = 4096 if device_type == "cuda" else 512

@@ -241,6 +241,12 @@ class Session:
     def input_keys(self) -> list[str]:
         return list(getattr(self.model, "input_keys", []))
 
+    def close(self) -> None:
+        """Stop the loaders' worker processes."""
+        for loader in [self.train_loader, *self.eval_loaders.values()]:
+            if loader is not None:
+                loader.close()
+
 
 def build_session(compiled: Compiled, rt: Runtime, *, command: str = "train") -> Session:
     """Everything `command` ("train" or "eval") needs, on this rank's device."""
