@@ -72,6 +72,7 @@ class MixupCutmix:
     """
 
     outputs = ("image", "label")
+    train_only = True  # an augmentation: evaluation loaders skip it
 
     def __init__(
         self,

@@ -164,7 +164,12 @@ def build_generators(program: Program) -> list[tuple[Any, dict[str, str], dict[s
     return out
 
 
-def build_source_loader(node: Node, generators: Sequence, rt: Runtime, train: TrainConfig) -> StatefulLoader:
+def build_source_loader(node: Node, generators: Sequence, rt: Runtime, train: TrainConfig,
+                        data_rank: tuple[int, int] | None = None) -> StatefulLoader:
+    """`data_rank`: this rank's (index, count) among the ranks that read different samples (the
+    data-parallel ones under a mesh; tensor- and context-parallel peers read the same samples);
+    default: every process reads its own."""
+    rank, world = data_rank if data_rank is not None else (rt.rank, rt.world_size)
     entry = entry_for(node.call, ("source",), f"{node.span}: {node.path}")
     try:
         source = instantiate(node.call, entry)
@@ -174,8 +179,8 @@ def build_source_loader(node: Node, generators: Sequence, rt: Runtime, train: Tr
         source,
         generators,
         node.ports_out(),
-        rank=rt.rank,
-        world_size=rt.world_size,
+        rank=rank,
+        world_size=world,
         seed=train.seed,
         num_workers=train.num_workers,
         pin_memory=rt.device.type == "cuda",
@@ -263,6 +268,10 @@ def build_session(compiled: Compiled, rt: Runtime, *, command: str = "train") ->
     if train.compile and not parallel:
         model.compile()
     criterion = build_criterion(program, device=rt.device)
+    dims = getattr(model, "parallel_dims", None)  # set by l3m.dist.parallelize
+    if dims is not None:
+        importlib.import_module("l3m.dist").parallelize_criterion(criterion, dims)
+    data_rank = (dims.dp_rank, dims.dp_size) if dims is not None else None
     session = Session(compiled, rt, train, mesh, log, model, criterion, Precision(train.dtype, rt.device),
                       parallel=parallel)
 
@@ -272,13 +281,15 @@ def build_session(compiled: Compiled, rt: Runtime, *, command: str = "train") ->
             session.scheduler = call_factory(program.schedule, "schedule", session.optimizer, train.steps)
 
     generators = build_generators(program)
+    # Augmentations (mixup/cutmix) shape training only; evaluation sees the data as it is.
+    eval_generators = [g for g in generators if not getattr(g[0], "train_only", False)]
     sources = sorted(program.of_role("source"), key=lambda n: n.index)
     for node in sources:
         if node.name == TRAIN_SOURCE and command == "train":
-            session.train_loader = build_source_loader(node, generators, rt, train)
+            session.train_loader = build_source_loader(node, generators, rt, train, data_rank)
         elif node.name != TRAIN_SOURCE:
-            session.eval_loaders[node.name] = build_source_loader(node, generators, rt, train)
+            session.eval_loaders[node.name] = build_source_loader(node, eval_generators, rt, train, data_rank)
     if command == "eval" and not session.eval_loaders:  # nothing held out: evaluate on the training data
         node = next(n for n in sources if n.name == TRAIN_SOURCE)
-        session.eval_loaders[node.name] = build_source_loader(node, generators, rt, train)
+        session.eval_loaders[node.name] = build_source_loader(node, eval_generators, rt, train, data_rank)
     return session
