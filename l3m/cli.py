@@ -1,4 +1,4 @@
-"""The `l3m` command line: lint, graph, plan, train, eval, export, blocks, explain.
+"""The `l3m` command line: lint, graph, plan, train, eval, export, import, blocks, explain.
 
 Exit codes: 0 ok (warnings allowed), 1 errors found, 2 usage or I/O error.
 Arguments of the form `path=value` are overrides (`train.steps=10 dim=64`); the rest are files.
@@ -159,9 +159,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.to:
+        from l3m.interop import export_main as export_foreign
+
+        if not args.file:
+            print("l3m export: --to needs --file FILE.l3m (the program whose model the weights belong to)",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        return export_foreign(args.to, args.run, args.file, args.out, args.overrides)
     from l3m.train.api import export_main
 
     return export_main(args.run, args.out)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from l3m.interop import import_main
+
+    return import_main(args.kind, args.src, args.file, args.out, args.overrides)
 
 
 def cmd_blocks(args: argparse.Namespace) -> int:
@@ -238,7 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="write a run's latest checkpoint as one safetensors file")
     s.add_argument("run", metavar="RUN_OR_CHECKPOINT")
     s.add_argument("out", metavar="OUT.safetensors")
+    s.add_argument("--to", choices=("llama", "timm-vit"), help="write under Hugging Face Llama / timm ViT names")
+    s.add_argument("--file", metavar="FILE.l3m", help="with --to: the program the weights belong to")
+    s.add_argument("overrides", nargs="*", metavar="PATH=VALUE", help="with --to: overrides of FILE")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("import", help="rename a Hugging Face Llama or timm ViT checkpoint to a .l3m model's names")
+    s.add_argument("kind", choices=("llama", "timm-vit"))
+    s.add_argument("src", metavar="SRC", help="a safetensors file or a folder of shards")
+    s.add_argument("file", metavar="FILE.l3m")
+    s.add_argument("out", metavar="OUT.safetensors")
+    s.add_argument("overrides", nargs="*", metavar="PATH=VALUE")
+    s.set_defaults(func=cmd_import)
 
     s = sub.add_parser("blocks", help="list registered blocks, data sources, losses, ...")
     s.add_argument("--kind", choices=("block", "source", "generator", "loss", "metric", "optimizer", "schedule"))
@@ -263,10 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     # Files and overrides may stand after options too (`l3m train f.l3m --no-resume train.steps=5`).
     args, extra = parser.parse_known_args(argv)
     flags = [a for a in extra if a.startswith("-")]
-    if flags or (extra and not hasattr(args, "items")):
+    if flags or (extra and not hasattr(args, "items") and not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(flags or extra)}")
     if extra:
-        args.items = list(args.items) + extra
+        if hasattr(args, "items"):
+            args.items = list(args.items) + extra
+        else:
+            args.overrides = list(args.overrides) + extra
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE

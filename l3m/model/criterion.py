@@ -59,7 +59,8 @@ class Criterion(nn.Module):
             term = values[0]
             if term.dim() != 0:
                 raise ValueError(f"loss {name!r} must return a scalar, got shape {tuple(term.shape)}")
-            terms.append(term * self.weights[name])
+            weight = self.weights[name]
+            terms.append(term if weight == 1.0 else term * weight)  # x * 1.0 would cost an op each way
             logs[name] = term.detach()
             self._log(logs, name, values, skip=1)
         with torch.no_grad():

@@ -87,7 +87,9 @@ def check_initialised(model: nn.Module) -> nn.Module:
             if t.is_floating_point() or t.is_complex():
                 t.fill_(float("nan"))
     init_model(model)
-    left = [n for n, t in tensors if (t.is_floating_point() or t.is_complex()) and bool(torch.isnan(t).any())]
+    # A sharded (DTensor) tensor is checked by its local part on each rank, without gathering it.
+    left = [n for n, t in tensors
+            if (t.is_floating_point() or t.is_complex()) and bool(torch.isnan(getattr(t, "_local_tensor", t)).any())]
     if left:
         raise RuntimeError(
             f"{len(left)} tensor(s) were not initialised by init_weights(): {', '.join(left)}"

@@ -112,6 +112,11 @@ class LMCrossEntropy(nn.Module):
     `z_loss` adds `z_loss * mean(logsumexp(logits)^2)` (PaLM), keeping logits from drifting.
     `vocab_parallel` takes logits sharded over the vocabulary (a DTensor from a tensor-parallel
     `LMHead(vocab_parallel=true)`) and never gathers them; a plain tensor is also accepted.
+
+    The mean is over tokens, not over ranks: when the distributed setup sets `group` (the ranks
+    that hold different tokens: data and context parallel), each rank divides its token sum by
+    the group's mean token count, so the average of the ranks' losses, which is what averaging
+    their gradients differentiates, is the mean over every token of the step.
     """
 
     outputs = ("loss",)
@@ -119,18 +124,28 @@ class LMCrossEntropy(nn.Module):
     def __init__(self, shift: bool = False, ignore_index: int = -100, z_loss: float = 0.0, vocab_parallel: bool = False):
         super().__init__()
         self.shift, self.ignore_index, self.z_loss, self.vocab_parallel = shift, ignore_index, z_loss, vocab_parallel
+        self.group = None  # a process group, set by l3m.dist when several ranks hold different tokens
+
+    def token_count(self, valid: torch.Tensor) -> torch.Tensor:
+        """The divisor of the token sum: this rank's valid tokens, or the group's mean count."""
+        count = valid.sum()
+        if self.group is None:
+            return count.clamp(min=1.0)
+        count = count.detach().clone()
+        dist.all_reduce(count, group=self.group)
+        return count.clamp(min=1.0) / dist.get_world_size(self.group)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.shift:
             logits, targets = logits[:, :-1], targets[:, 1:]
         valid = (targets.flatten() != self.ignore_index).float()
-        count = valid.sum().clamp(min=1.0)
+        count = self.token_count(valid)
         if self.vocab_parallel and hasattr(logits, "placements"):
             nll, lse = vocab_parallel_nll(logits, targets, self.ignore_index)
             loss = (nll * valid).sum() / count
         else:
             flat = logits.flatten(0, -2).float()
-            loss = F.cross_entropy(flat, targets.flatten(), ignore_index=self.ignore_index)
+            loss = F.cross_entropy(flat, targets.flatten(), ignore_index=self.ignore_index, reduction="sum") / count
             lse = torch.logsumexp(flat, dim=-1) if self.z_loss > 0 else None
         if self.z_loss > 0:
             loss = loss + self.z_loss * (lse.pow(2) * valid).sum() / count

@@ -37,8 +37,11 @@ class UsageError(Exception):
 
 
 def _err(rt: Runtime | None, text: str) -> None:
+    """Rank 0 prints the error; other ranks print theirs with their rank, since it may be theirs alone."""
     if rt is None or rt.is_main:
         print(f"error: {text}", file=sys.stderr, flush=True)
+    else:
+        print(f"error (rank {rt.rank}): {text}", file=sys.stderr, flush=True)
 
 
 def _print_diagnostics(rt: Runtime, diags: Sequence[Diagnostic], sources) -> None:

@@ -301,7 +301,12 @@ class Trainer:
         if self.cfg.grad_clip > 0:
             s.precision.scaler.unscale_(s.optimizer)
             params = [p for _, p in s.named_parameters() if p.grad is not None]
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip, foreach=True)
+            if s.parallel:  # parameters may be DTensors on several meshes (FSDP x TP)
+                from l3m.dist.grads import clip_grad_norm_
+
+                grad_norm = clip_grad_norm_(params, self.cfg.grad_clip)
+            else:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip, foreach=True)
         s.precision.scaler.step(s.optimizer)
         s.precision.scaler.update()
         if s.scheduler is not None:
@@ -344,7 +349,9 @@ class Trainer:
         t0, steps, samples, tokens = self._window
         elapsed = max(now - t0, 1e-9)
         self._window = (now, 0, 0, 0)
-        sps = samples * rt.world_size / elapsed
+        dims = getattr(self.s.model, "parallel_dims", None)  # tensor/context-parallel peers share samples
+        readers = dims.dp_size if dims is not None else rt.world_size
+        sps = samples * readers / elapsed
         record: dict[str, Any] = {"split": "train", "step": self.step, "epoch": self.s.train_loader.epoch}
         record["loss"] = values[names.index("loss")]
         record.update({k: values[i] for i, k in enumerate(names) if k != "loss"})
@@ -353,7 +360,7 @@ class Trainer:
             record["grad_norm"] = values[-1]
         record["samples_per_s"] = sps
         if tokens:
-            record["tokens_per_s"] = tokens * rt.world_size / elapsed
+            record["tokens_per_s"] = tokens * readers / elapsed
         if rt.is_main:
             flops = self._flops_per_sample()
             if flops:

@@ -78,11 +78,11 @@ def init_runtime() -> Runtime:
     device = pick_device(local)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    owns = False
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
-        owns = True
+    owns = world > 1 and not dist.is_initialized()
+    if owns:  # NCCL on GPUs, gloo on the CPU, with a timeout so that a lost rank fails the others
+        from l3m.dist import init_distributed
+
+        init_distributed(device)
     return Runtime(rank, world, local, device, owns)
 
 

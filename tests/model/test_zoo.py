@@ -20,6 +20,7 @@ from l3m.plan import plan
 FULL_SIZE = {
     "vit_imagenet.l3m": 304_181_224,  # ViT-L/16 (+ the final trunk norm before the head norm)
     "llm.l3m": 1_439_895_552,  # 2048 x 24, SwiGLU 5632, untied 50432-vocab head
+    "llama.l3m": 1_235_814_400,  # Llama-3.2-1B
     "aimv1.l3m": 1_087_594_572,  # 600M-class encoder + 12-block 2048-wide MLP decoder
     "aimv2.l3m": 530_632_704,
     "aimv2_moe.l3m": 476_682_496,

@@ -52,7 +52,14 @@ def attend(
 
 
 class Attention(nn.Module):
-    """Self-attention over `x`, or cross-attention from `x` to `context` when `cross`."""
+    """Self-attention over `x`, or cross-attention from `x` to `context` when `cross`.
+
+    Under context parallelism `l3m.dist.cp` sets `cp` on self-attention: `x` is then this rank's
+    slice of the sequence, keys and values are gathered over the slices, and `mask` holds the
+    rows of the local queries (`[B, 1, n_local, N]`).
+    """
+
+    cp = None  # a l3m.dist.cp.ContextParallel when the sequence is split over ranks
 
     def __init__(
         self,
@@ -119,13 +126,17 @@ class Attention(nn.Module):
             m = context.shape[1]
             q = self.q(x).view(b, n, -1, hd)
             if self.fused:
-                kv = self.kv(context).view(b, m, -1, 2, hd)
-                return q, kv[..., 0, :], kv[..., 1, :]
+                k, v = self.kv(context).view(b, m, -1, 2, hd).unbind(3)
+                return q, k, v
             return q, self.k(context).view(b, m, -1, hd), self.v(context).view(b, m, -1, hd)
         if self.fused:
+            # One split (not three index expressions): cheaper to call, and its backward writes the
+            # gradients into one buffer instead of zero-filling a full-size one per slice.
             qkv = self.qkv(x).view(b, n, -1, self.rep + 2, hd)
-            q = qkv[..., : self.rep, :].flatten(2, 3)
-            return q, qkv[..., self.rep, :], qkv[..., self.rep + 1, :]
+            if self.rep == 1:
+                return qkv.unbind(3)
+            q, k, v = qkv.split([self.rep, 1, 1], dim=3)
+            return q.flatten(2, 3), k.squeeze(3), v.squeeze(3)
         return self.q(x).view(b, n, -1, hd), self.k(x).view(b, n, -1, hd), self.v(x).view(b, n, -1, hd)
 
     def forward(
@@ -137,7 +148,15 @@ class Attention(nn.Module):
         context: torch.Tensor | None = None,
     ) -> torch.Tensor:
         q, k, v = self.project(x, context)
-        q, k = self.q_norm(q), self.k_norm(k)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if self.cp is not None and not self.cross:
+            n = q.shape[1]
+            k, v = self.cp.gather(k, dim=1), self.cp.gather(v, dim=1)
+            if is_causal:  # the causal rows of this rank's queries, over every key
+                rows = torch.arange(n, device=q.device) + self.cp.offset(n)
+                c = (torch.arange(k.shape[1], device=q.device)[None, :] <= rows[:, None])[None, None]
+                mask, is_causal = (c if mask is None else mask & c), False
         return self.proj(attend(q, k, v, mask=mask, is_causal=is_causal))

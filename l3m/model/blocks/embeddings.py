@@ -122,6 +122,7 @@ class PosEmbed(nn.Module):
     """
 
     outputs = ("x",)
+    cp = None  # under context parallelism (l3m.dist.cp), x is one rank's slice of the sequence
 
     def __init__(
         self,
@@ -164,8 +165,12 @@ class PosEmbed(nn.Module):
                 self.pos.copy_(self.table()[None].to(self.pos.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cp is not None:  # the table rows of this slice's global positions
+            idx = torch.arange(x.shape[1], device=x.device) + self.cp.offset(x.shape[1]) - self.offset
+            keep = ((idx >= 0) & (idx < self.num)).to(x.dtype)[None, :, None]
+            return x + self.pos[:, idx.clamp(0, self.num - 1)].to(x.dtype) * keep
         n = min(self.num, x.shape[1] - self.offset)
-        pos = self.pos[:, :n].to(x.dtype)
+        pos = (self.pos if n == self.num else self.pos[:, :n]).to(x.dtype)  # no slice op when whole
         if self.offset == 0 and n == x.shape[1]:
             return x + pos
         a, b = self.offset, self.offset + n
@@ -202,23 +207,40 @@ class RotaryEmbedding(nn.Module):
     """RoPE frequencies for one head size; `forward(n)` gives the cos/sin tables of n positions.
 
     Pairs are (i, i + head_dim/2) ("rotate half"): channel pair i turns by angle p * theta^(-2i/head_dim).
+    `scaling = [factor, low_freq_factor, high_freq_factor, original_context]` stretches the long
+    wavelengths as Llama 3.1+ does to extend its context (pretrained weights depend on it).
+    Under context parallelism (`cp` set by l3m.dist.cp) the n positions start at this rank's offset.
     """
 
-    def __init__(self, head_dim: int, theta: float = 10000.0):
+    cp = None
+
+    def __init__(self, head_dim: int, theta: float = 10000.0, scaling: list[float] | None = None):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+        if scaling is not None and (len(scaling) != 4 or scaling[1] >= scaling[2]):
+            raise ValueError(f"rope scaling is [factor, low_freq_factor, high_freq_factor, original_context] "
+                             f"with low < high, got {scaling}")
         self.head_dim, self.theta = head_dim, theta
+        self.scaling = [float(s) for s in scaling] if scaling is not None else None
         self.register_buffer("inv_freq", torch.empty(head_dim // 2), persistent=False)
         self.init_weights()
 
     def init_weights(self) -> None:
         exponent = torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim
+        inv_freq = 1.0 / self.theta**exponent
+        if self.scaling is not None:
+            factor, low, high, context = self.scaling
+            wavelen = 2 * math.pi / inv_freq
+            # 0 for wavelengths beyond context/low (divided by factor), 1 below context/high (kept).
+            keep = ((context / wavelen - low) / (high - low)).clamp(0.0, 1.0)
+            inv_freq = (1 - keep) * inv_freq / factor + keep * inv_freq
         with torch.no_grad():
-            self.inv_freq.copy_((1.0 / self.theta**exponent).to(self.inv_freq.dtype))
+            self.inv_freq.copy_(inv_freq.to(self.inv_freq.dtype))
 
     def forward(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = torch.arange(n, device=self.inv_freq.device, dtype=torch.float32)
+        start = self.cp.offset(n) if self.cp is not None else 0
+        pos = torch.arange(start, start + n, device=self.inv_freq.device, dtype=torch.float32)
         angles = pos[:, None] * self.inv_freq.float()[None, :]
         angles = torch.cat([angles, angles], dim=-1)
         return angles.cos(), angles.sin()

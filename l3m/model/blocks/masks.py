@@ -2,6 +2,10 @@
 
 Every mask is boolean `[B, 1, N, N]` (broadcast over heads) with True = "query i may attend
 key j". None of these blocks has parameters.
+
+Under context parallelism `l3m.dist.cp` sets `cp` on each mask block: its input is then this
+rank's slice of the sequence, and the mask is `[B, 1, n_local, N]`, the rows of the local
+queries over every key.
 """
 
 from __future__ import annotations
@@ -17,18 +21,41 @@ def causal(n: int, device: torch.device | None = None) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool, device=device).tril()
 
 
+def causal_rows(rows: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """`[len(rows), n_keys]`: the causal mask's rows for the query positions `rows`."""
+    return torch.arange(n_keys, device=rows.device)[None, :] <= rows[:, None]
+
+
+def query_rows(module: nn.Module, n: int, device: torch.device) -> tuple[torch.Tensor, int]:
+    """The positions of a mask's `n` query rows and the number of keys: `0..n-1` and n, or under
+    context parallelism this rank's slice of the sequence and the whole length."""
+    cp = getattr(module, "cp", None)
+    if cp is None:
+        return torch.arange(n, device=device), n
+    start = cp.offset(n)
+    return torch.arange(start, start + n, device=device), n * cp.size
+
+
+def all_keys(module: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The token ids of every key position (gathered over the ranks under context parallelism)."""
+    cp = getattr(module, "cp", None)
+    return tokens if cp is None else cp.gather_ids(tokens)
+
+
 @register("block")
 class CausalMask(nn.Module):
     """Each token attends to itself and the tokens before it."""
 
     outputs = ("mask",)
+    cp = None
 
     def __init__(self):
         super().__init__()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n = x.shape[0], x.shape[1]
-        return causal(n, x.device)[None, None].expand(b, 1, n, n)
+        rows, total = query_rows(self, n, x.device)
+        return causal_rows(rows, total)[None, None].expand(b, 1, n, total)
 
 
 @register("block")
@@ -39,16 +66,17 @@ class PrefixCausalMask(nn.Module):
     """
 
     outputs = ("mask",)
+    cp = None
 
     def __init__(self, offset: int = 0):
         super().__init__()
         self.offset = offset
 
     def forward(self, x: torch.Tensor, prefix_len: torch.Tensor) -> torch.Tensor:
-        n = x.shape[1]
-        j = torch.arange(n, device=x.device)
+        rows, total = query_rows(self, x.shape[1], x.device)
+        j = torch.arange(total, device=x.device)
         prefix = (j[None, :] < (prefix_len.to(x.device)[:, None] + self.offset))[:, None, None, :]  # [B,1,1,N]
-        return causal(n, x.device)[None, None] | prefix
+        return causal_rows(rows, total)[None, None] | prefix
 
 
 @register("block")
@@ -60,15 +88,16 @@ class PaddingMask(nn.Module):
     """
 
     outputs = ("mask",)
+    cp = None
 
     def __init__(self, pad_id: int = 0):
         super().__init__()
         self.pad_id = pad_id
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        n = tokens.shape[1]
-        valid = (tokens != self.pad_id)[:, None, None, :]
-        eye = torch.eye(n, dtype=torch.bool, device=tokens.device)[None, None]
+        rows, total = query_rows(self, tokens.shape[1], tokens.device)
+        valid = (all_keys(self, tokens) != self.pad_id)[:, None, None, :]
+        eye = (torch.arange(total, device=tokens.device)[None, :] == rows[:, None])[None, None]
         return valid | eye
 
 
@@ -78,13 +107,16 @@ class DocumentMask(nn.Module):
     (the eos token belongs to the document it closes)."""
 
     outputs = ("mask",)
+    cp = None
 
     def __init__(self, eos_id: int):
         super().__init__()
         self.eos_id = eos_id
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        is_eos = (tokens == self.eos_id).long()
+        keys = all_keys(self, tokens)
+        is_eos = (keys == self.eos_id).long()
         doc = is_eos.cumsum(dim=1) - is_eos  # eos tokens before position i
-        same = doc[:, :, None] == doc[:, None, :]
-        return (same & causal(tokens.shape[1], tokens.device)[None])[:, None]
+        rows, total = query_rows(self, tokens.shape[1], tokens.device)
+        same = doc[:, rows][:, :, None] == doc[:, None, :]
+        return (same & causal_rows(rows, total)[None])[:, None]

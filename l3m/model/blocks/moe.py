@@ -86,29 +86,122 @@ class MoE(nn.Module):
         expert = idx.t().reshape(-1)
         token = torch.arange(t, device=x.device).repeat(self.top_k)
         weight = weights.t().reshape(-1)
-        capacity = None
+        capacity = -1
         if self.capacity_factor is not None:
             capacity = math.ceil(self.capacity_factor * t * self.top_k / self.num_experts)
         if x.is_meta:  # shapes only (planning, FLOP counting): assume perfectly balanced routing
             n, e_ = expert.shape[0], self.num_experts
             counts = [n // e_ + (1 if e < n % e_ else 0) for e in range(e_)]
-            counts = [min(c, capacity) for c in counts] if capacity is not None else counts
+            counts = [min(c, capacity) for c in counts] if capacity >= 0 else counts
+            out = _run_experts(xf, self.w1, self.w3, self.w2, torch.argsort(expert, stable=True), token, weight,
+                               counts)
         else:
-            if capacity is not None:
-                onehot = (expert[:, None] == torch.arange(self.num_experts, device=x.device)).long()
-                position = (onehot.cumsum(dim=0) * onehot).sum(dim=-1) - 1
-                keep = position < capacity
-                expert, token, weight = expert[keep], token[keep], weight[keep]
-            counts = torch.bincount(expert, minlength=self.num_experts).tolist()
-
-        order = torch.argsort(expert, stable=True)
-        out = torch.zeros_like(xf)
-        start = 0
-        for e, c in enumerate(counts):
-            if c:
-                sel = order[start : start + c]
-                tok = token[sel]
-                y = self.expert(e, xf[tok]) * weight[sel, None].to(xf.dtype)
-                out = out.index_add(0, tok, y)
-            start += c
+            out = moe_experts(xf, self.w1, self.w3, self.w2, expert, token, weight, capacity)
         return out.reshape(shape), aux
+
+
+def _run_experts(x, w1, w3, w2, order, token, weight, counts: list[int]) -> torch.Tensor:
+    """Each expert once, on its contiguous slice of the expert-sorted assignments."""
+    out = torch.zeros_like(x)
+    start = 0
+    for e, c in enumerate(counts):
+        if c:
+            sel = order[start : start + c]
+            tok = token[sel]
+            xe = x[tok]
+            h = F.silu(F.linear(xe, w1[e].to(x.dtype))) * F.linear(xe, w3[e].to(x.dtype))
+            y = F.linear(h, w2[e].to(x.dtype)) * weight[sel, None].to(x.dtype)
+            out = out.index_add(0, tok, y)
+        start += c
+    return out
+
+
+def _dispatch(x, w1, w3, w2, expert, token, weight, capacity: int) -> torch.Tensor:
+    num_experts = w1.shape[0]
+    expert, token, weight, _ = _select(expert, token, weight, num_experts, capacity)
+    counts = torch.bincount(expert, minlength=num_experts).tolist()
+    return _run_experts(x, w1, w3, w2, torch.argsort(expert, stable=True), token, weight, counts)
+
+
+# The dispatch has data-dependent shapes (how many tokens each expert gets). As one opaque operator
+# it keeps `torch.compile(fullgraph=True)` free of graph breaks while staying dropless and sparse.
+@torch.library.custom_op("l3m::moe_experts", mutates_args=())
+def moe_experts(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, expert: torch.Tensor,
+                token: torch.Tensor, weight: torch.Tensor, capacity: int) -> torch.Tensor:
+    return _dispatch(x, w1, w3, w2, expert, token, weight, capacity)
+
+
+@moe_experts.register_fake
+def _(x, w1, w3, w2, expert, token, weight, capacity):
+    return torch.empty_like(x)
+
+
+def _select(expert, token, weight, num_experts: int, capacity: int):
+    if capacity >= 0:  # first choices before second choices, earlier tokens first
+        onehot = (expert[:, None] == torch.arange(num_experts, device=expert.device)).long()
+        position = (onehot.cumsum(dim=0) * onehot).sum(dim=-1) - 1
+        keep = position < capacity
+        expert, token, weight = expert[keep], token[keep], weight[keep]
+    return expert, token, weight, keep if capacity >= 0 else None
+
+
+@torch.library.custom_op("l3m::moe_experts_backward", mutates_args=())
+def moe_experts_backward(grad: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor,
+                         expert: torch.Tensor, token: torch.Tensor, weight: torch.Tensor,
+                         capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of `moe_experts`, written out (custom operators run without autograd)."""
+    num_experts = w1.shape[0]
+    sel_expert, sel_token, sel_weight, keep = _select(expert, token, weight, num_experts, capacity)
+    counts = torch.bincount(sel_expert, minlength=num_experts).tolist()
+    order = torch.argsort(sel_expert, stable=True)
+    gx, g1, g3, g2 = torch.zeros_like(x), torch.zeros_like(w1), torch.zeros_like(w3), torch.zeros_like(w2)
+    g_sel_weight = torch.zeros_like(sel_weight)
+    start = 0
+    for e, c in enumerate(counts):
+        if c:
+            sel = order[start : start + c]
+            tok = sel_token[sel]
+            xe = x[tok]
+            a1, a3, b2 = w1[e].to(x.dtype), w3[e].to(x.dtype), w2[e].to(x.dtype)
+            h1, h3 = F.linear(xe, a1), F.linear(xe, a3)
+            sig = torch.sigmoid(h1)
+            act = h1 * sig
+            h = act * h3
+            y = F.linear(h, b2)
+            ge = grad[tok]
+            g_sel_weight[sel] = (ge * y).sum(dim=-1).to(g_sel_weight.dtype)
+            gy = ge * sel_weight[sel, None].to(x.dtype)
+            g2[e] += (gy.t() @ h).to(g2.dtype)
+            gh = gy @ b2
+            gh3 = gh * act
+            gh1 = gh * h3 * (sig * (1 + h1 * (1 - sig)))
+            g1[e] += (gh1.t() @ xe).to(g1.dtype)
+            g3[e] += (gh3.t() @ xe).to(g3.dtype)
+            gx = gx.index_add(0, tok, gh1 @ a1 + gh3 @ a3)
+        start += c
+    if keep is None:
+        g_weight = g_sel_weight
+    else:
+        g_weight = torch.zeros_like(weight)
+        g_weight[keep] = g_sel_weight
+    return gx, g1, g3, g2, g_weight
+
+
+@moe_experts_backward.register_fake
+def _(grad, x, w1, w3, w2, expert, token, weight, capacity):
+    return tuple(torch.empty_like(t) for t in (x, w1, w3, w2, weight))
+
+
+def _setup_context(ctx, inputs, output):
+    x, w1, w3, w2, expert, token, weight, capacity = inputs
+    ctx.save_for_backward(x, w1, w3, w2, expert, token, weight)
+    ctx.capacity = capacity
+
+
+def _backward(ctx, grad):
+    x, w1, w3, w2, expert, token, weight = ctx.saved_tensors
+    gx, g1, g3, g2, gw = moe_experts_backward(grad.contiguous(), x, w1, w3, w2, expert, token, weight, ctx.capacity)
+    return gx, g1, g3, g2, None, None, gw, None
+
+
+moe_experts.register_autograd(_backward, setup_context=_setup_context)

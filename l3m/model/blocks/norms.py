@@ -33,7 +33,7 @@ class LayerNorm(nn.Module):
                 self.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fp32:
+        if self.fp32 and (x.dtype != torch.float32 or self.weight.dtype != torch.float32):
             w = self.weight.float()
             b = self.bias.float() if self.bias is not None else None
             return F.layer_norm(x.float(), (self.dim,), w, b, self.eps).type_as(x)

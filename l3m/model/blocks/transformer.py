@@ -26,6 +26,10 @@ from l3m.registry import register
 _MLP = {"gelu": ("gelu", False), "swiglu": ("silu", True), "geglu": ("gelu", True)}
 
 
+def _keep(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 class TransformerLayer(nn.Module):
     """One pre-norm layer; each part is optional (`attn`, `cross_attn`, `mlp` may be None)."""
 
@@ -57,16 +61,18 @@ class TransformerLayer(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         context: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # Without stochastic depth the branch is added as it is (no call per residual).
+        drop = self.drop_path if self.drop_path.p > 0.0 else _keep
         if self.attn is not None:
-            x = x + self.drop_path(self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rope=rope))
+            x = x + drop(self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rope=rope))
         if self.cross_attn is not None:
-            x = x + self.drop_path(self.cross_attn(self.norm_cross(x), context=context))
+            x = x + drop(self.cross_attn(self.norm_cross(x), context=context))
         aux = None
         if self.mlp is not None:
             h = self.mlp(self.norm2(x))
             if isinstance(h, tuple):
                 h, aux = h
-            x = x + self.drop_path(h)
+            x = x + drop(h)
         return x, aux
 
 
@@ -105,6 +111,7 @@ class Transformer(nn.Module):
         qk_norm: bool = False,
         rope: bool = False,
         rope_theta: float = 10000.0,
+        rope_scaling: list[float] | None = None,
         causal: bool = False,
         attention: bool = True,
         drop_path: float = 0.0,
@@ -158,7 +165,7 @@ class Transformer(nn.Module):
                 ffn = MLP(dim, dense_hidden, act=act, bias=mlp_bias, glu=glu, init_depth=depth, **common)
             layers.append(TransformerLayer(dim, attn, cross, ffn, norm, norm_eps, norm_fp32, rates[i]))
         self.layers = nn.ModuleList(layers)
-        self.rope = RotaryEmbedding(head_dim, rope_theta) if rope else None
+        self.rope = RotaryEmbedding(head_dim, rope_theta, rope_scaling) if rope else None
         self.norm = make_norm(norm if final_norm else "none", dim, norm_eps, norm_fp32)
 
     def tp_plan(self) -> dict[str, ParallelStyle]:
