@@ -26,14 +26,19 @@ def _label(n: Node) -> str:
     return f"{n.name}: {n.call.type_name}{times}"
 
 
-def _edges(program: Program, flow: Dataflow) -> list[tuple[str, str, str]]:
+def _short(key: str, model: str) -> str:
+    """A template instance's private key as written inside it (`x`, not `clip.image.x`)."""
+    return key[len(model) + 1:] if model and key.startswith(model + ".") else key
+
+
+def _edges(program: Program, flow: Dataflow, short: bool = False) -> list[tuple[str, str, str]]:
     """(writer path, reader path, key) for every read, in declaration order of readers."""
     out = []
     for n in sorted(program.nodes, key=lambda n: n.index):
         for i, b in enumerate(n.reads):
             w = flow.reads.get((n.path, i))
             if w is not None:
-                out.append((w.node.path, n.path, b.key))
+                out.append((w.node.path, n.path, _short(b.key, n.model) if short else b.key))
     # Alternative data sources feed the same keys: draw an edge from each.
     sources = program.of_role("source")
     extra = []
@@ -92,7 +97,7 @@ def to_dot(program: Program, flow: Dataflow) -> str:
 
     for root in children.get(None, []):
         emit_model(root, "  ")
-    for a, b, key in _edges(program, flow):
+    for a, b, key in _edges(program, flow, short=True):
         lines.append(f'  {_ident(a)} -> {_ident(b)} [label="{_esc(key)}"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
@@ -128,7 +133,7 @@ def to_mermaid(program: Program, flow: Dataflow) -> str:
 
     for root in children.get(None, []):
         emit_model(root, "  ")
-    for a, b, key in _edges(program, flow):
+    for a, b, key in _edges(program, flow, short=True):
         lines.append(f'  {_ident(a)} -->|"{_mm(key)}"| {_ident(b)}')
     return "\n".join(lines) + "\n"
 
@@ -142,8 +147,8 @@ def to_text(program: Program, flow: Dataflow) -> str:
     groups = _groups(program)
 
     def row(n: Node, indent: str) -> str:
-        ins = ", ".join(n.read_keys)
-        outs = ", ".join(("!" if b.overwrite else "") + b.key for b in n.writes)
+        ins = ", ".join(_short(k, n.model) for k in n.read_keys)
+        outs = ", ".join(("!" if b.overwrite else "") + _short(b.key, n.model) for b in n.writes)
         return f"{indent}{_label(n):<40} {ins} -> {outs}".rstrip()
 
     for name in ("data",):
