@@ -27,7 +27,8 @@ EXAMPLES = ("llm_bytes", "vit_digits", "aimv1_digits", "aimv2_digits", "aimv2_mo
 
 if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from a checkout
     sys.path.insert(0, str(ROOT))
-os.environ.setdefault("WANDB_MODE", "disabled")
+USER_ENV = dict(os.environ)  # before the line below: what a user's own run would see
+os.environ.setdefault("WANDB_MODE", "disabled")  # benchmarks measure training, not logging
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:

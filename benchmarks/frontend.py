@@ -57,6 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=None, help="directory for frontend.json (--quick writes only here)")
     args = ap.parse_args()
     sizes = [100, 300] if args.quick else [100, 300, 1000, 3000, 10000]
     repeats = 1 if args.quick else args.repeats
@@ -78,9 +79,10 @@ def main() -> None:
     slope = float(np.polyfit(x, y, 1)[0]) if len(rows) > 1 else float("nan")
     per_block_us = rows[-1]["median_s"]["total"] / rows[-1]["blocks"] * 1e6
     print(f"fitted growth: time ~ blocks^{slope:.2f}; {per_block_us:.0f} µs per block at {rows[-1]['blocks']}")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    if not args.quick:
-        OUT.write_text(json.dumps({"rows": rows, "loglog_slope": slope, "us_per_block": per_block_us}, indent=2))
+    out = args.out / "frontend.json" if args.out is not None else None if args.quick else OUT
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"rows": rows, "loglog_slope": slope, "us_per_block": per_block_us}, indent=2))
 
 
 if __name__ == "__main__":

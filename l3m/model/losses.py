@@ -116,7 +116,8 @@ class LMCrossEntropy(nn.Module):
     The mean is over tokens, not over ranks: when the distributed setup sets `group` (the ranks
     that hold different tokens: data and context parallel), each rank divides its token sum by
     the group's mean token count, so the average of the ranks' losses, which is what averaging
-    their gradients differentiates, is the mean over every token of the step.
+    their gradients differentiates, is the mean over every token of the step. (Only in training:
+    evaluation weighs each rank's result itself, and its ranks need not call the loss alike.)
     """
 
     outputs = ("loss",)
@@ -129,7 +130,7 @@ class LMCrossEntropy(nn.Module):
     def token_count(self, valid: torch.Tensor) -> torch.Tensor:
         """The divisor of the token sum: this rank's valid tokens, or the group's mean count."""
         count = valid.sum()
-        if self.group is None:
+        if self.group is None or not self.training:
             return count.clamp(min=1.0)
         count = count.detach().clone()
         dist.all_reduce(count, group=self.group)

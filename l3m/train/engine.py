@@ -123,7 +123,8 @@ def evaluate(s: Session, loaders: Mapping[str, StatefulLoader] | None = None, ma
             packed = _all_reduce_sum(packed)
             total_n = float(packed[0])
             res = {k: float(packed[i + 1]) / max(total_n, 1.0) for i, k in enumerate(keys)}
-            res["samples"] = int(total_n)
+            dims = getattr(s.model, "parallel_dims", None)  # tensor/context-parallel peers see the same samples
+            res["samples"] = int(total_n) // (dims.world_size // dims.dp_size if dims is not None else 1)
             results[name] = res
     finally:
         s.model.train()

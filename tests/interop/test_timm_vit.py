@@ -168,8 +168,10 @@ def test_import_and_export_as_typed(vit_cls, tmp_path):
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(src))
     prog = tmp_path / "vit.l3m"
     prog.write_text(VIT.format(**TOKEN))
-    run = lambda *a: subprocess.run([sys.executable, "-m", "l3m", *map(str, a)], capture_output=True, text=True,
-                                    timeout=300)  # noqa: E731
+
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "l3m", *map(str, a)], capture_output=True, text=True, timeout=300)
+
     r = run("import", "timm-vit", src, prog, tmp_path / "l3m.safetensors")
     assert r.returncode == 0, r.stderr
     r = run("export", tmp_path / "l3m.safetensors", tmp_path / "back.safetensors", "--to", "timm-vit", "--file", prog)

@@ -1,0 +1,315 @@
+"""Regenerate benchmarks/RESULTS.md (and its SVG charts) from the JSON in benchmarks/results/.
+
+    python benchmarks/report.py                      # results/ -> RESULTS.md + results/*.svg
+    python benchmarks/report.py --results DIR --out FILE
+
+A section whose JSON is missing says so instead of failing, so a partial run still renders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import svg
+
+HERE = Path(__file__).resolve().parent
+
+
+def load(results: Path, name: str) -> dict[str, Any] | None:
+    path = results / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def ms(x: float | None) -> str:
+    return "–" if x is None else f"{x * 1e3:.1f}" if x < 10 else f"{x * 1e3:.0f}"
+
+
+def pct(x: float | None, signed: bool = False) -> str:
+    return "–" if x is None else f"{x:+.1%}" if signed else f"{x:.1%}"
+
+
+def mark(ok: bool | None) -> str:
+    return "–" if ok is None else "yes" if ok else "**no**"
+
+
+def load_note(d: dict[str, Any]) -> str:
+    m = d.get("machine", {})
+    a, b = m.get("load_avg") or [None], m.get("load_avg_end") or [None]
+    if a[0] is None:
+        return ""
+    return f"(1-minute load average {a[0]:.1f} at the start, {b[0]:.1f} at the end; {m.get('threads')} torch thread(s))"
+
+
+# -- sections ----------------------------------------------------------------------------------
+
+
+def frontend(d: dict[str, Any], charts: Path) -> tuple[str, list]:
+    rows, stages = d["rows"], ("parse", "resolve", "check", "schedule")
+    body = [table(
+        ["blocks", "lines", "total (ms)", *[f"{s} (share)" for s in stages]],
+        [[f"{r['blocks']:,}", f"{r['lines']:,}", f"{r['median_s']['total'] * 1e3:.1f}",
+          *[f"{r['median_s'][s] * 1e3:.1f} ({r['median_s'][s] / r['median_s']['total']:.0%})" for s in stages]]
+         for r in rows])]
+    x = [r["blocks"] for r in rows]
+    y = [r["median_s"]["total"] for r in rows]
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
+    icpt = my - slope * mx
+    ss = sum((b - (icpt + slope * a)) ** 2 for a, b in zip(x, y))
+    r2 = 1 - ss / sum((b - my) ** 2 for b in y)
+    body.append(
+        f"\nFitted growth: time ∝ blocks^**{d['loglog_slope']:.2f}** (log-log least squares); a straight line "
+        f"`t = {icpt * 1e3:.1f} ms + {slope * 1e6:.0f} µs × blocks` fits with R² = {r2:.4f}. "
+        f"At {x[-1]:,} blocks the front end spends {d['us_per_block']:.0f} µs per block. Parsing is the "
+        "largest share at every size; `check` here is the checker less the scheduler it runs (the "
+        "scheduler is timed on its own), which rounds to zero.\n")
+    series = {"total": list(zip(x, y))}
+    for s in stages:
+        series[s] = [(r["blocks"], r["median_s"][s]) for r in rows if r["median_s"][s] > 0]
+    (charts / "frontend.svg").write_text(svg.line_chart(series, title="Front end time against file size",
+                                                        xlabel="blocks in the file", ylabel="seconds"))
+    body.append("\n![front end](results/frontend.svg)\n")
+    ok = 0.9 <= d["loglog_slope"] <= 1.15
+    return "".join(body), [("Front end grows linearly with the file", "linear", f"blocks^{d['loglog_slope']:.2f}", ok)]
+
+
+def overhead(d: dict[str, Any], charts: Path) -> tuple[str, list]:
+    rows, groups, errors, summary = [], {}, {}, []
+    for c in d["cases"]:
+        name = f"{c['example'].split('_')[0]} {c['size']}"
+        for mode in ("eager", "compiled"):
+            if mode not in c:
+                continue
+            r = c[mode]["cpu"]
+            rat, aa = r["ratio"], r["aa_ratio"]
+            rows.append([f"{c['example']} ({c['size']}, {c['params'] / 1e6:.2f}M params, batch "
+                         f"{'×'.join(map(str, c['batch']))})", mode, ms(r["l3m_s"]["median"]),
+                         ms(r["plain_s"]["median"]), f"**{rat['median']:.3f}** ({rat['min']:.2f}–{rat['max']:.2f})",
+                         f"{aa['median']:.3f}", f"≤ {c[mode]['target']:.2f}", mark(c[mode]["meets_target"])])
+            groups.setdefault(name, {})[mode] = (rat["median"] - 1) * 100
+            errors.setdefault(name, {})[mode] = ((aa["median"] - 1) * 100 - 0.0, (aa["median"] - 1) * 100)
+    for mode in ("eager", "compiled"):
+        meds = [c[mode]["cpu"]["ratio"]["median"] for c in d["cases"] if mode in c]
+        if meds:
+            target = d["targets"][mode]
+            summary.append((f"l3m vs plain PyTorch, {mode} training step", f"≤ {(target - 1):+.0%}",
+                            f"{min(meds) - 1:+.1%} … {max(meds) - 1:+.1%}", max(meds) <= target))
+    diffs = [c["max_abs_diff"] for c in d["cases"]]
+    body = [
+        "Step = forward, loss, backward and AdamW step on one fixed batch; ratio = l3m / plain per round "
+        "(median, and the range over rounds), in CPU time of the process, which leaves out time other "
+        "processes held the core. *A/A* is the same ratio for a second, identical copy of the plain "
+        "model: the noise floor of the row.\n\n",
+        table(["model", "mode", "l3m (ms)", "plain (ms)", "l3m / plain", "A/A", "target", "met"], rows),
+        f"\nBefore timing, each pair is checked to compute the same thing: largest difference "
+        f"{max(x['logits'] for x in diffs):.1e} in logits, {max(x['loss'] for x in diffs):.1e} in loss and "
+        f"{max(x['grads'] for x in diffs):.1e} in any gradient.\n",
+    ]
+    (charts / "overhead.svg").write_text(svg.bar_chart(
+        groups, title="l3m step time over plain PyTorch (%), median over rounds", ylabel="% slower than plain",
+        ref=2.0, ref_label="eager target"))
+    body.append("\n![overhead](results/overhead.svg)\n")
+    return "".join(body), summary
+
+
+def throughput(d: dict[str, Any], charts: Path) -> tuple[str, list]:
+    rows = []
+    for r in d["examples"]:
+        f, b = r["fp32"], r["bf16"]
+        rows.append([r["example"], r["samples_per_step"], f"{r['flops_per_sample'] / 1e6:.1f}" if r["flops_per_sample"] else "–",
+                     ms(f["step_s"]["median"]), f"{f['samples_per_s']:,.0f}",
+                     f"{f['tokens_per_s']:,.0f}" if f["tokens_per_s"] else "–", pct(f["mfu"]),
+                     ms(b["step_s"]["median"]), f"{b['samples_per_s']:,.0f}", pct(b["mfu"])])
+    peak = d["peak_flops"]
+    body = [
+        f"Matmul peak measured in this run (1024² matmul, best of several): fp32 **{peak['fp32'] / 1e9:.0f} GFLOP/s**, "
+        f"bf16 **{peak['bf16'] / 1e9:.0f} GFLOP/s** per thread (the trainer's own fp32 reference, "
+        f"`l3m.train.perf`, gave {d['trainer_peak_fp32'] / 1e9:.0f}). Step = `Trainer.train_step` (batch loading, "
+        "forward, loss, backward, clipping, AdamW, schedule); MFU = FLOPs per sample (`l3m.plan`) × samples/s "
+        "÷ peak of the same dtype. Tokens/s counts the integer inputs (text tokens); image-only models "
+        "read none.\n\n",
+        table(["example", "batch", "MFLOP/sample", "fp32 step (ms)", "fp32 samples/s", "fp32 tokens/s", "fp32 MFU",
+               "bf16 step (ms)", "bf16 samples/s", "bf16 MFU"], rows),
+    ]
+    groups = {r["example"].replace("_digits", "").replace("_bytes", ""): {"fp32": 100 * (r["fp32"]["mfu"] or 0),
+                                                                         "bf16": 100 * (r["bf16"]["mfu"] or 0)}
+              for r in d["examples"]}
+    (charts / "mfu.svg").write_text(svg.bar_chart(groups, title="MFU per example (% of the same-dtype matmul peak)",
+                                                  ylabel="MFU %"))
+    body.append("\n![MFU](results/mfu.svg)\n")
+    return "".join(body), []
+
+
+def compile_(d: dict[str, Any], charts: Path) -> tuple[str, list]:
+    rows = []
+    for r in d["runs"]:
+        rows.append([r["example"], r["mode"], f"{r['compile_s']:.1f}", ms(r["eager_step_s"]["median"]),
+                     ms(r["compiled_step_s"]["median"]),
+                     f"**{r['speedup']['median']:.2f}×** ({r['speedup']['min']:.2f}–{r['speedup']['max']:.2f})",
+                     r["graphs"], r["graph_breaks"]])
+    body = [
+        f"Backend `{d['backend']}`, each run in a fresh process with an empty inductor cache (cold compile "
+        "= first compiled step less an eager step). *layers*: `train {{ compile = true }}` as `l3m train` "
+        "applies it (`l3m.dist` compiles each transformer layer); *whole*: `model.compile(fullgraph=True)` "
+        "on the MetaModel. Speed-up = eager step / compiled step (`Trainer.train_step`, interleaved).\n\n",
+        table(["example", "way", "cold compile (s)", "eager step (ms)", "compiled step (ms)", "speed-up", "graphs",
+               "graph breaks"], rows),
+    ]
+    breaks = sum(r["graph_breaks"] for r in d["runs"] if r["mode"] == "whole")
+    whole = [r for r in d["runs"] if r["mode"] == "whole"]
+    summary = [("Whole model compiles as one graph (`fullgraph=True`)", "0 breaks", f"{breaks} breaks",
+                breaks == 0)] if whole else []
+    return "".join(body), summary
+
+
+def parallel(d: dict[str, Any], charts: Path) -> tuple[str, list]:
+    rows = []
+    for c in d["configs"]:
+        s = c["step_s"]
+        rows.append([f"{c['example']} ({c['size']})", c["fsdp"]["global_batch"], ms(s["1 process, 1 thread"]),
+                     ms(s["1 process, 2 threads"]), ms(s["2 ranks FSDP, 1 thread each"]),
+                     f"{c['speedup_vs_1_thread']:.2f}×", f"{c['speedup_vs_2_threads']:.2f}×",
+                     pct(c["overhead_vs_ideal"], signed=True),
+                     f"{c['first_loss']['single']:.5f} / {c['first_loss']['fsdp']:.5f}"])
+    body = [
+        "Global batch as the file declares it; FSDP2 (`l3m.dist.parallelize`: `fully_shard` per layer, "
+        "block and root over `dp_shard = 2`, gloo) with each rank loading half. *Overhead* is the FSDP step "
+        "over a perfect split of the 1-thread step (t₁ / 2). The first step's loss (averaged over ranks) "
+        "is the same on both: same batch, same initial weights.\n\n",
+        table(["model", "global batch", "1 proc × 1 thread (ms)", "1 proc × 2 threads (ms)",
+               "2 ranks FSDP (ms)", "speed-up vs 1 thread", "vs 2 threads", "overhead vs ideal",
+               "first loss single / FSDP"], rows),
+    ]
+    return "".join(body), []
+
+
+def checkpointing(d: dict[str, Any], charts: Path) -> tuple[str, list]:
+    rows = []
+    for c in d["configs"]:
+        for m, r in c["modes"].items():
+            rows.append([f"{c['example']} ({c['size']})", m, f"{r['peak_mib']['total']:.1f}",
+                         f"{r['peak_mib']['activation']:.1f}", pct(r["peak_vs_none"] - 1, signed=True),
+                         ms(r["step_s"]["median"]), f"{r['time_vs_none']['median']:.2f}×",
+                         f"{c['first_loss'][m]:.5f}"])
+    body = [
+        "`train.activation_checkpointing` through `l3m.dist` (each transformer layer wrapped). Peak = the "
+        "largest total of live tensors during one step (parameters, gradients, AdamW state, activations, "
+        "temporaries) as torch's `MemTracker` counts them; *activations* is that category at the peak.\n\n",
+        table(["model", "mode", "peak (MiB)", "activations at peak (MiB)", "peak vs none", "step (ms)",
+               "time vs none", "first loss"], rows),
+    ]
+    return "".join(body), []
+
+
+def dataloading(d: dict[str, Any], charts: Path) -> tuple[str, list]:
+    rows, worst = [], {}
+    for e in d["examples"]:
+        for r in e["runs"]:
+            rows.append([e["example"], r["workers"], ms(r["step_s"]), f"{r['wait_s']['median'] * 1e3:.2f}",
+                         pct(r["wait_fraction"]), f"{r['loader_alone_batch_s'] * 1e3:.2f}",
+                         f"{r['loader_headroom']:.0f}×" if r["loader_headroom"] else "–"])
+            worst[r["workers"]] = max(worst.get(r["workers"], 0.0), r["wait_fraction"])
+    body = [
+        "The step's wait for its batch, timed inside `Trainer.train_step`, over "
+        f"{d['steps']} steps after warm-up. *Headroom* = step time ÷ the loader's own time per batch.\n\n",
+        table(["example", "workers", "step (ms)", "wait per step (ms, median)", "share of step time",
+               "loader alone (ms/batch)", "headroom"], rows),
+    ]
+    summary = [("Loader keeps the step fed (share of step time spent waiting)", "small",
+                ", ".join(f"≤ {v:.1%} with {w} workers" for w, v in sorted(worst.items())), worst.get(0, 1) < 0.1)]
+    return "".join(body), summary
+
+
+def training(d: dict[str, Any], charts: Path) -> tuple[str, list]:
+    rows = []
+    for r in d["runs"]:
+        ev = r.get("eval", {})
+        held = ", ".join(f"{k} {v:.3f}" for k, v in ev.items() if k not in ("step", "samples") and isinstance(v, float))
+        rows.append([r["example"], r.get("steps", "–"), f"{r['wall_s']:.0f}",
+                     f"{r['first']['loss']:.3f} (step {r['first']['step']})" if "first" in r else "–",
+                     f"{r['last']['loss']:.3f}" if "last" in r else "–", held or "–",
+                     mark(r["under_limit"]), mark(r.get("loss_fell"))])
+    body = [
+        "`python -m l3m train examples/<name>.l3m` with the file's own settings (torch's default threads, "
+        "wandb offline, evaluation and checkpoints included); wall time of the whole command. First loss = "
+        "the first logged training loss.\n\n",
+        table(["example", "steps", "wall (s)", "first loss", "last loss", "held-out (final eval)", "< 3 min",
+               "loss fell"], rows),
+    ]
+    ok = all(r["under_limit"] and r.get("loss_fell") for r in d["runs"])
+    slowest = max(r["wall_s"] for r in d["runs"])
+    return "".join(body), [("Every example trains in < 3 min with the loss falling", "< 180 s",
+                            f"slowest {slowest:.0f} s", ok)]
+
+
+SECTIONS: list[tuple[str, str, str, Callable]] = [
+    ("frontend", "1. Front end: time against file size", "frontend.py", frontend),
+    ("overhead", "2. Runtime overhead of the language", "overhead.py", overhead),
+    ("throughput", "3. Throughput and MFU on the CPU", "throughput.py", throughput),
+    ("compile", "4. torch.compile: compile time and speed-up", "torch_compile.py", compile_),
+    ("parallel", "5. Parallel overhead: FSDP2 on 2 gloo ranks", "parallel.py", parallel),
+    ("checkpointing", "6. Activation checkpointing", "checkpointing.py", checkpointing),
+    ("dataloading", "7. Data loading", "dataloading.py", dataloading),
+    ("train_examples", "8. Training the examples", "train_examples.py", training),
+]
+
+
+def render(results: Path, notes: str) -> str:
+    charts = results
+    parts, summary, machine = [], [], None
+    for name, title, script, fn in SECTIONS:
+        d = load(results, name)
+        parts.append(f"\n## {title}\n\n`benchmarks/{script}`")
+        if d is None:
+            parts.append(f" — no results yet (`results/{name}.json` is missing).\n")
+            continue
+        machine = machine or d.get("machine")
+        note = load_note(d)
+        parts.append(f" {note}\n\n" if note else "\n\n")
+        text, rows = fn(d, charts)
+        parts.append(text)
+        summary += rows
+    m = machine or {}
+    head = [
+        "# l3m benchmarks\n\n",
+        "Generated by `python benchmarks/run_all.py` (or `make bench`); each script writes JSON to "
+        "`benchmarks/results/` and `benchmarks/report.py` rewrites this file and its charts from them. "
+        "Nothing here is asserted by the test suite.\n\n",
+        f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}, "
+        f"Python {m.get('python', '?')}, {m.get('date', '?')}.\n\n",
+        "The machine is small and shared with other work, so every comparison runs its variants side by "
+        "side in one process, in interleaved rounds whose order alternates, and reports the median with "
+        "the range over rounds; ratios use the process's CPU time where the point is the work done, not "
+        "the time a neighbour held the core. Unless a section says otherwise torch runs one intra-op "
+        "thread (steadier on two shared cores).\n\n",
+        "## Summary\n\n",
+        table(["what", "target", "measured", "met"], [[a, b, c, mark(ok)] for a, b, c, ok in summary]),
+    ]
+    return "".join(head) + "".join(parts) + (f"\n## Notes\n\n{notes}" if notes else "")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", type=Path, default=HERE / "results")
+    ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    ap.add_argument("--notes", type=Path, default=HERE / "NOTES.md",
+                    help="hand-written analysis appended to the report (kept out of the generated tables)")
+    args = ap.parse_args(argv)
+    notes = args.notes.read_text() if args.notes.exists() else ""
+    args.out.write_text(render(args.results, notes))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

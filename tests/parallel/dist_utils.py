@@ -1,0 +1,67 @@
+"""Shared pieces of the parallelism tests: a tiny LLM program and process launchers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A byte-level LM that exercises every parallel path: grouped-query attention with qk-norm (its
+# tensor-parallel plan has sequence-parallel norms), RoPE, a learned position table, SwiGLU, and
+# a head tied to the embedding (`vp` makes it vocab-parallel under tensor parallelism).
+LLM = """l3m 1
+let dim = 32
+let batch = 4
+let vp = false
+data {{
+  train: TextBytes(root = "{corpus}", seq_len = 16, batch_size = batch, max_bytes = 0, test_fraction = 0.1)
+           -> tokens, targets
+}}
+model gpt {{
+  preprocessor {{
+    embed: TokenEmbedding(vocab = 256, dim = dim)  tokens -> x
+    pos:   PosEmbed(dim = dim, num = 16)            x -> x
+  }}
+  trunk {{
+    blocks: Transformer(dim = dim, depth = 2, heads = 4, kv_heads = 2, mlp = swiglu, multiple_of = 16,
+                        causal = true, rope = true, qk_norm = true)  x -> x
+  }}
+  head {{ lm: LMHead(dim = dim, vocab = 256, tie = "embed", vocab_parallel = vp)  x -> logits }}
+}}
+loss ce: LMCrossEntropy(vocab_parallel = vp) logits, targets -> loss
+optimizer AdamW(lr = 3e-3, weight_decay = 0.01)
+train {{ steps = 4, log_every = 1, checkpoint_every = 2, keep = 0, grad_clip = 1.0, grad_accum = 2 }}
+log {{ wandb = "disabled", console = "plain" }}
+"""
+
+
+def corpus_text() -> str:
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+    return "\n".join(" ".join(words[(i + j) % 8] for j in range(6)) + "." for i in range(120)) + "\n"
+
+
+def write_program(directory: Path) -> Path:
+    corpus = directory / "corpus.txt"
+    corpus.write_text(corpus_text())
+    path = directory / "llm.l3m"
+    path.write_text(LLM.format(corpus=corpus))
+    return path
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(L3M_DEVICE="cpu", WANDB_MODE="disabled", OMP_NUM_THREADS="1", L3M_PEAK_FLOPS="1e11",
+               L3M_DIST_TIMEOUT="60")
+    return env
+
+
+def run(args: list[str], nproc: int = 1, timeout: float = 150) -> subprocess.CompletedProcess:
+    """`python ARGS` on one process, or under `torchrun --standalone` on `nproc`; output captured."""
+    launcher = [sys.executable] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"]
+    return subprocess.run([*launcher, *args], cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                          timeout=timeout)
