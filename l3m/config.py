@@ -31,6 +31,12 @@ class TrainConfig:
     reduce_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     num_workers: int = 0
     freeze: list[str] = field(default_factory=list)  # parameter-name globs kept frozen
+    # Pretrained weights (safetensors or a weights-only torch file) loaded before step 0 of a new run,
+    # for fine-tuning and probing: which tensors (globs) and "old.prefix=new.prefix" renames.
+    init_from: str = ""
+    init_include: list[str] = field(default_factory=list)
+    init_exclude: list[str] = field(default_factory=list)
+    init_rename: list[str] = field(default_factory=list)
 
 
 @dataclass

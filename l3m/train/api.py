@@ -61,6 +61,26 @@ def _compile(path: str, overrides: Sequence[str], rt: Runtime, extensions: Seque
     return 2 if errors and all(d.code == "E002" for d in errors) else 1
 
 
+class InitFromError(Exception):
+    """`train.init_from` names weights that do not fit the model."""
+
+
+def _init_from(session, logger) -> None:
+    """Load `train.init_from` into the fresh model: the tensors it selects must fit exactly; model
+    tensors it does not provide (a new head) keep their initialisation and are listed."""
+    t = session.train
+    rename = dict(pair.split("=", 1) for pair in t.init_rename)
+    try:
+        report = load_pretrained(session.model, t.init_from, include=t.init_include, exclude=t.init_exclude,
+                                 rename=rename, strict=False)
+    except (OSError, ValueError) as e:
+        raise InitFromError(f"train.init_from: cannot read '{t.init_from}': {e}") from e
+    if report.unexpected or report.mismatched:
+        raise InitFromError(f"train.init_from: '{t.init_from}' does not fit the model: {report.summary()} "
+                            "(select tensors with train.init_include / init_exclude, rename with train.init_rename)")
+    logger.info(f"initialised from {t.init_from}: {report.summary()}")
+
+
 def _barrier(rt: Runtime) -> None:
     if rt.distributed:
         dist.barrier()
@@ -139,6 +159,8 @@ def train_main(
             trainer.restore(found)
             logger.info(f"resumed from {found.path} at step {trainer.step}")
         else:
+            if session.train.init_from:
+                _init_from(session, logger)
             logger.info(f"training {Path(path).name} for {session.train.steps} steps into {run_dir}")
         trainer.fit()
         if trainer.last_record:
@@ -147,6 +169,10 @@ def train_main(
     except IncompleteProgram as e:
         code = 1
         _print_diagnostics(rt, e.diagnostics, compiled.sources)
+        return code
+    except InitFromError as e:
+        code = 1
+        _err(rt, str(e))
         return code
     except NonFiniteError as e:
         code = 1

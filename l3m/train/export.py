@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from l3m.train.checkpoint import load_model_tensors, read_state, resolve_checkpoint
 
@@ -132,9 +133,16 @@ def load_pretrained(
     if strict and not report.ok:
         raise ValueError("pretrained weights do not fit the model: " + report.summary())
     bad = {m.split(":")[0] for m in report.mismatched}
+    fitting = {k: t for k, t in weights.items() if k in own and k not in bad}
+    if any(isinstance(v, DTensor) for v in own.values()):
+        # A sharded model (FSDP2 / TP): DCP scatters the full tensors to every rank's shards.
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, fitting, options=StateDictOptions(full_state_dict=True, strict=False))
+        report.loaded.extend(fitting)
+        return report
     with torch.no_grad():
-        for k, t in weights.items():
-            if k in own and k not in bad:
-                own[k].copy_(t.to(dtype=own[k].dtype))
-                report.loaded.append(k)
+        for k, t in fitting.items():
+            own[k].copy_(t.to(dtype=own[k].dtype))
+            report.loaded.append(k)
     return report
