@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 from l3m.dsl.ir import STAGES, Node, Program
 from l3m.dsl.schedule import Dataflow
@@ -49,54 +50,74 @@ def _edges(program: Program, flow: Dataflow, short: bool = False) -> list[tuple[
     return out + extra
 
 
-def _groups(program: Program) -> dict[str, list[Node]]:
+@dataclass
+class _Cluster:
+    """A box of the drawing: the data, a model, one of its stages, the losses, the metrics."""
+
+    ident: str
+    label: str
+    style: str  # "data", "model", "stage", "losses", "metrics"
+    nodes: list[Node] = field(default_factory=list)
+    children: list[_Cluster] = field(default_factory=list)
+
+
+def _clusters(program: Program) -> list[_Cluster]:
     groups: dict[str, list[Node]] = defaultdict(list)
     for n in sorted(program.nodes, key=lambda n: n.index):
         if n.role == "block":
             groups[f"{n.model}/{n.stage}"].append(n)
         else:
             groups[{"source": "data", "generator": "data", "loss": "losses", "metric": "metrics"}[n.role]].append(n)
-    return groups
+    children: dict[str | None, list[str]] = defaultdict(list)
+    for m in program.models:
+        children[m.parent].append(m.path)
+
+    def model(path: str) -> _Cluster:
+        stages = [_Cluster(_ident(f"{path}_{st}"), st, "stage", groups[f"{path}/{st}"])
+                  for st in STAGES if groups.get(f"{path}/{st}")]
+        return _Cluster(_ident(path), f"model {path}", "model", [], stages + [model(c) for c in children[path]])
+
+    out = [_Cluster("data", "data", "data", groups["data"])] if groups.get("data") else []
+    out += [model(root) for root in children[None]]
+    out += [_Cluster(name, name, name, groups[name]) for name in ("losses", "metrics") if groups.get(name)]
+    return out
+
+
+def _emit(clusters: list[_Cluster], open_, node_, close_, indent: str = "  ") -> list[str]:
+    """Lines for nested clusters; `close_` may return None (no closing line)."""
+    lines: list[str] = []
+
+    def walk(c: _Cluster, ind: str) -> None:
+        lines.append(ind + open_(c))
+        lines.extend(ind + "  " + node_(n) for n in c.nodes)
+        for child in c.children:
+            walk(child, ind + "  ")
+        end = close_(c)
+        if end is not None:
+            lines.append(ind + end)
+
+    for c in clusters:
+        walk(c, indent)
+    return lines
 
 
 def _ident(path: str) -> str:
     return "n_" + "".join(c if c.isalnum() else "_" for c in path)
 
 
+_DOT_STYLE = {"data": 'style=filled; color="#e3f2fd";', "losses": 'style=filled; color="#fce4ec";',
+              "metrics": 'style=filled; color="#f3e5f5";', "model": "style=dashed;",
+              "stage": 'style=filled; color="#eeeeee";'}
+
+
 def to_dot(program: Program, flow: Dataflow) -> str:
     lines = ["digraph l3m {", '  rankdir=TB; compound=true; fontname="Helvetica";',
              '  node [shape=box, style="rounded,filled", fillcolor="#f5f5f5", fontname="Helvetica"];',
              '  edge [fontname="Helvetica", fontsize=10];']
-    groups = _groups(program)
-
-    def emit_nodes(nodes: list[Node], indent: str) -> None:
-        for n in nodes:
-            lines.append(f'{indent}{_ident(n.path)} [label="{_esc(_label(n))}"];')
-
-    for name, color in (("data", "#e3f2fd"), ("losses", "#fce4ec"), ("metrics", "#f3e5f5")):
-        if groups.get(name):
-            lines.append(f'  subgraph cluster_{name} {{ label="{name}"; style=filled; color="{color}";')
-            emit_nodes(groups[name], "    ")
-            lines.append("  }")
-    children: dict[str | None, list[str]] = defaultdict(list)
-    for m in program.models:
-        children[m.parent].append(m.path)
-
-    def emit_model(path: str, indent: str) -> None:
-        lines.append(f'{indent}subgraph cluster_{_ident(path)} {{ label="model {_esc(path)}"; style=dashed;')
-        for stage in STAGES:
-            nodes = groups.get(f"{path}/{stage}")
-            if nodes:
-                lines.append(f'{indent}  subgraph cluster_{_ident(path + "_" + stage)} {{ label="{stage}"; '
-                             'style=filled; color="#eeeeee";')
-                emit_nodes(nodes, indent + "    ")
-                lines.append(f"{indent}  }}")
-        for child in children.get(path, []):
-            emit_model(child, indent + "  ")
-        lines.append(f"{indent}}}")
-
-    for root in children.get(None, []):
-        emit_model(root, "  ")
+    lines += _emit(_clusters(program),
+                   lambda c: f'subgraph cluster_{c.ident} {{ label="{_esc(c.label)}"; {_DOT_STYLE[c.style]}',
+                   lambda n: f'{_ident(n.path)} [label="{_esc(_label(n))}"];',
+                   lambda c: "}")
     for a, b, key in _edges(program, flow, short=True):
         lines.append(f'  {_ident(a)} -> {_ident(b)} [label="{_esc(key)}"];')
     lines.append("}")
@@ -109,30 +130,8 @@ def _esc(s: str) -> str:
 
 def to_mermaid(program: Program, flow: Dataflow) -> str:
     lines = ["flowchart TD"]
-    groups = _groups(program)
-    for name in ("data", "losses", "metrics"):
-        if groups.get(name):
-            lines.append(f"  subgraph {name}")
-            lines += [f'    {_ident(n.path)}["{_mm(_label(n))}"]' for n in groups[name]]
-            lines.append("  end")
-    children: dict[str | None, list[str]] = defaultdict(list)
-    for m in program.models:
-        children[m.parent].append(m.path)
-
-    def emit_model(path: str, indent: str) -> None:
-        lines.append(f'{indent}subgraph {_ident(path)}["model {_mm(path)}"]')
-        for stage in STAGES:
-            nodes = groups.get(f"{path}/{stage}")
-            if nodes:
-                lines.append(f'{indent}  subgraph {_ident(path + "_" + stage)}["{stage}"]')
-                lines.extend(f'{indent}    {_ident(n.path)}["{_mm(_label(n))}"]' for n in nodes)
-                lines.append(f"{indent}  end")
-        for child in children.get(path, []):
-            emit_model(child, indent + "  ")
-        lines.append(f"{indent}end")
-
-    for root in children.get(None, []):
-        emit_model(root, "  ")
+    lines += _emit(_clusters(program), lambda c: f'subgraph {c.ident}["{_mm(c.label)}"]',
+                   lambda n: f'{_ident(n.path)}["{_mm(_label(n))}"]', lambda c: "end")
     for a, b, key in _edges(program, flow, short=True):
         lines.append(f'  {_ident(a)} -->|"{_mm(key)}"| {_ident(b)}')
     return "\n".join(lines) + "\n"
@@ -143,40 +142,14 @@ def _mm(s: str) -> str:
 
 
 def to_text(program: Program, flow: Dataflow) -> str:
-    out: list[str] = []
-    groups = _groups(program)
-
-    def row(n: Node, indent: str) -> str:
+    def row(n: Node) -> str:
         ins = ", ".join(_short(k, n.model) for k in n.read_keys)
         outs = ", ".join(("!" if b.overwrite else "") + _short(b.key, n.model) for b in n.writes)
-        return f"{indent}{_label(n):<40} {ins} -> {outs}".rstrip()
+        weight = f"   (weight {n.weight:g})" if n.role == "loss" else ""
+        return f"{_label(n):<40} {ins} -> {outs}".rstrip() + weight
 
-    for name in ("data",):
-        if groups.get(name):
-            out.append(name)
-            out += [row(n, "  ") for n in groups[name]]
-    children: dict[str | None, list[str]] = defaultdict(list)
-    for m in program.models:
-        children[m.parent].append(m.path)
-
-    def emit_model(path: str, indent: str) -> None:
-        out.append(f"{indent}model {path}")
-        for stage in STAGES:
-            nodes = groups.get(f"{path}/{stage}")
-            if nodes:
-                out.append(f"{indent}  {stage}")
-                out.extend(row(n, indent + "    ") for n in nodes)
-        for child in children.get(path, []):
-            emit_model(child, indent + "  ")
-
-    for root in children.get(None, []):
-        emit_model(root, "")
-    for name in ("losses", "metrics"):
-        if groups.get(name):
-            out.append(name)
-            out += [row(n, "  ") + (f"   (weight {n.weight:g})" if n.role == "loss" else "") for n in groups[name]]
-    out.append("")
-    out.append("order: " + " -> ".join(flow.order))
+    out = _emit(_clusters(program), lambda c: c.label, row, lambda c: None, indent="")
+    out += ["", "order: " + " -> ".join(flow.order)]
     return "\n".join(out) + "\n"
 
 
