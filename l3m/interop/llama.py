@@ -85,11 +85,11 @@ def llama_layout(model: nn.Module) -> LlamaLayout:
     _check_transformer(trunk, f"Transformer {tpath!r}")
     attn = trunk.layers[0].attn
     k_rows = attn.qkv.out_features // (attn.rep + 2) if attn.fused else attn.k.out_features
-    embed = f"{epath}.block.emb.weight"
-    tied = any(a == f"{hpath}.block.proj.weight" and b == embed for a, b in model.ties)
+    embed = f"{epath}.emb.weight"
+    tied = any(a == f"{hpath}.proj.weight" and b == embed for a, b in model.ties)
     scaling = trunk.rope.scaling
     return LlamaLayout(
-        embed=embed, trunk=f"{tpath}.block", head=f"{hpath}.block.proj", depth=len(trunk.layers),
+        embed=embed, trunk=tpath, head=f"{hpath}.proj", depth=len(trunk.layers),
         kv_heads=k_rows // attn.head_dim, head_dim=attn.head_dim, fused=attn.fused, tied=tied,
         rope_theta=trunk.rope.theta, rope_scaling=tuple(scaling) if scaling else None,
         norm_eps=trunk.norm.eps,

@@ -126,7 +126,7 @@ def split_qkv(qkv: torch.Tensor, kv_heads: int, head_dim: int) -> Tensors:
 
 def blocks_of(model: nn.Module, kinds: type | tuple[type, ...]) -> list[tuple[str, nn.Module]]:
     """`(path, block)` of every block of the given classes, in declaration order; parameter names
-    inside a block are `f"{path}.block.{name}"`."""
+    inside a block are `f"{path}.{name}"`."""
     if not isinstance(model, MetaModel):
         raise TypeError(f"expected an l3m MetaModel, got {type(model).__name__}")
     return [(path, rw.block) for path, rw in model.block_items() if isinstance(rw.block, kinds)]

@@ -86,11 +86,11 @@ def vit_layout(model: nn.Module) -> VitLayout:
     if attn.rep != 1:
         raise ValueError(f"Transformer {tpath!r} has kv_heads < heads; timm's ViT has one per head")
     return VitLayout(
-        patch=f"{patch}.block",
-        cls=f"{cls[0]}.block" if cls else None,
-        pos=f"{pos[0]}.block" if pos else None,
-        trunk=f"{tpath}.block",
-        classifier=f"{head[0]}.block" if head else None,
+        patch=patch,
+        cls=cls[0] if cls else None,
+        pos=pos[0] if pos else None,
+        trunk=tpath,
+        classifier=head[0] if head else None,
         depth=len(trunk.layers),
         heads=q_rows // attn.head_dim,
         head_dim=attn.head_dim,

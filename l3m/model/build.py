@@ -35,7 +35,7 @@ def instantiate(call: Call, entry: Entry) -> Any:
 
 
 def bind_node(node: Node, module: nn.Module, entry: Entry) -> ReadWriteBlock:
-    """Wrap a built module with the node's resolved port bindings."""
+    """Pair a built module with the node's resolved port bindings."""
     where = f"{node.span}: {node.path}"
     for b in [*node.reads, *node.writes]:
         if b.port is None:
@@ -54,7 +54,8 @@ def root_prefix(program: Program) -> str | None:
 
 
 def module_path(node: Node, root: str | None) -> str:
-    """`<submodel>.<stage>.<block>` for a block node, relative to the root model."""
+    """`<submodel>.<stage>.<block>` for a block node, relative to the root model: where the
+    block module sits in the MetaModel, and so the prefix of its parameter names."""
     model = node.model
     if root is not None and (model == root or model.startswith(root + ".")):
         model = model[len(root) + 1 :]
@@ -109,9 +110,9 @@ def _apply_ties(model: MetaModel, nodes: list[Node], kwargs: dict[str, dict], pa
         if matches[0] is node:
             raise ValueError(f"{where}: a block cannot tie to itself")
         src_path, dst_path = paths[matches[0].path], paths[node.path]
-        src_block, dst_block = model.get_submodule(src_path).block, model.get_submodule(dst_path).block
-        src_name = f"{src_path}.block.{_weight_name(src_block, where, embedding_ok=True)}"
-        dst_name = f"{dst_path}.block.{_weight_name(dst_block, where, embedding_ok=False)}"
+        src_block, dst_block = model.get_submodule(src_path), model.get_submodule(dst_path)
+        src_name = f"{src_path}.{_weight_name(src_block, where, embedding_ok=True)}"
+        dst_name = f"{dst_path}.{_weight_name(dst_block, where, embedding_ok=False)}"
         src, dst = model.get_parameter(src_name), model.get_parameter(dst_name)
         if dst.shape != src.shape:
             raise ValueError(f"{where}: cannot tie a {tuple(dst.shape)} weight to {tie}'s {tuple(src.shape)}")

@@ -1,8 +1,9 @@
 """The runtime model: blocks bound to data_dict keys, and the MetaModel that runs them.
 
-A block is an ordinary tensor-in/tensor-out `nn.Module`. `ReadWriteBlock` binds it to the
-keys it reads (in port order) and writes; `MetaModel` holds the bound blocks under
-`<submodel>.<stage>.<block>` and runs them in the compiled schedule.
+A block is an ordinary tensor-in/tensor-out `nn.Module`. A `Binding` names the keys it reads
+(in port order) and writes, and `ReadWriteBlock` pairs the two (the seed's data_dict contract);
+`MetaModel` holds the block modules themselves under `<submodel>.<stage>.<block>`, so that
+parameter names follow the file, and runs them in the compiled schedule.
 
 Because the schedule is fixed before any tensor exists, `MetaModel.forward` is generated as
 straight-line Python source (one call per block, locals for every intermediate key), so
@@ -18,6 +19,7 @@ import keyword
 import linecache
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -87,26 +89,22 @@ def bind_outputs(
     return tuple(out.values())
 
 
-class ReadWriteBlock(nn.Module):
-    """One block bound to its data_dict keys: reads only `args`/`kwargs`, writes only `writes`.
+@dataclass(frozen=True)
+class Binding:
+    """The data_dict keys one block reads (by position, then by port name) and writes.
 
-    `writes` has one entry per declared output port (None: an unbound optional output, which
-    is computed by the block but dropped). The block returns one tensor for one output port,
-    otherwise a tuple in `outputs` order.
+    Only keys, never the module: the MetaModel and the Criterion keep a binding beside each block
+    they hold, so the block sits in the module tree under its own name and may be replaced in
+    place (activation checkpointing, `torch.compile`, FSDP) without the binding going stale.
+    `writes` has one entry per declared output port (None: an unbound optional output, which the
+    block computes but which is dropped).
     """
 
-    def __init__(
-        self,
-        block: nn.Module,
-        args: Sequence[str],
-        kwargs: Mapping[str, str] | None = None,
-        writes: Sequence[str | None] = ("x",),
-    ):
-        super().__init__()
-        self.block = block
-        self.args = tuple(args)
-        self.kwargs = dict(kwargs or {})
-        self.writes = tuple(writes)
+    args: tuple[str, ...]
+    kwargs: Mapping[str, str]
+    writes: tuple[str | None, ...]
+
+    def __post_init__(self) -> None:
         if not self.writes:
             raise ValueError("a block must declare at least one output port")
 
@@ -118,27 +116,80 @@ class ReadWriteBlock(nn.Module):
     def write_keys(self) -> tuple[str, ...]:
         return tuple(k for k in self.writes if k is not None)
 
-    def call(self, d: Mapping[str, Any]) -> tuple[Any, ...]:
-        """Run the block on its bound keys; every declared output, in port order."""
-        out = self.block(*[d[k] for k in self.args], **{p: d[k] for p, k in self.kwargs.items()})
+    def call(self, block: nn.Module, d: Mapping[str, Any]) -> tuple[Any, ...]:
+        """Run `block` on the bound keys of `d`; every declared output, in port order."""
+        out = block(*[d[k] for k in self.args], **{p: d[k] for p, k in self.kwargs.items()})
         if len(self.writes) == 1:
             return (out,)
         if not isinstance(out, (tuple, list)) or len(out) != len(self.writes):
             got = f"{len(out)} values" if isinstance(out, (tuple, list)) else type(out).__name__
-            raise TypeError(f"{type(self.block).__name__} must return {len(self.writes)} outputs, got {got}")
+            raise TypeError(f"{type(block).__name__} must return {len(self.writes)} outputs, got {got}")
         return tuple(out)
 
-    def forward(self, d: Mapping[str, Any]) -> dict[str, Any]:
+    def __str__(self) -> str:
+        reads = [*self.args, *(f"{p}={k}" for p, k in self.kwargs.items())]
+        writes = [k if k is not None else "_" for k in self.writes]
+        return f"{', '.join(reads)} -> {', '.join(writes)}"
+
+
+class ReadWriteBlock:
+    """One block bound to its data_dict keys: reads only `args`/`kwargs`, writes only `writes`.
+
+    The seed's contract, `rw(d)`: the block runs on its keys and a new dict comes back with its
+    outputs written. A ReadWriteBlock is not an `nn.Module` and is never part of a model's
+    module tree: it only pairs a block with its `Binding`, so parameter names follow the file
+    (`trunk.blocks.layers.3.attn.qkv.weight`, no wrapper segment). The block returns one tensor
+    for one output port, otherwise a tuple in `outputs` order.
+    """
+
+    def __init__(
+        self,
+        block: nn.Module,
+        args: Sequence[str],
+        kwargs: Mapping[str, str] | None = None,
+        writes: Sequence[str | None] = ("x",),
+    ):
+        self.block = block
+        self.binding = Binding(tuple(args), dict(kwargs or {}), tuple(writes))
+
+    @classmethod
+    def of(cls, block: nn.Module, binding: Binding) -> ReadWriteBlock:
+        """`block` under an existing binding."""
+        return cls(block, binding.args, binding.kwargs, binding.writes)
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        return self.binding.args
+
+    @property
+    def kwargs(self) -> Mapping[str, str]:
+        return self.binding.kwargs
+
+    @property
+    def writes(self) -> tuple[str | None, ...]:
+        return self.binding.writes
+
+    @property
+    def read_keys(self) -> tuple[str, ...]:
+        return self.binding.read_keys
+
+    @property
+    def write_keys(self) -> tuple[str, ...]:
+        return self.binding.write_keys
+
+    def call(self, d: Mapping[str, Any]) -> tuple[Any, ...]:
+        """Run the block on its bound keys; every declared output, in port order."""
+        return self.binding.call(self.block, d)
+
+    def __call__(self, d: Mapping[str, Any]) -> dict[str, Any]:
         new = dict(d)
         for key, value in zip(self.writes, self.call(d)):
             if key is not None:
                 new[key] = value
         return new
 
-    def extra_repr(self) -> str:
-        reads = [*self.args, *(f"{p}={k}" for p, k in self.kwargs.items())]
-        writes = [k if k is not None else "_" for k in self.writes]
-        return f"{', '.join(reads)} -> {', '.join(writes)}"
+    def __repr__(self) -> str:
+        return f"ReadWriteBlock({type(self.block).__name__}: {self.binding})"
 
 
 class Stage(nn.Module):
@@ -165,11 +216,13 @@ def _local(key: str, step: int) -> str:
 
 
 class MetaModel(nn.Module):
-    """The model of one `.l3m` file: bound blocks under their stages, run in schedule order.
+    """The model of one `.l3m` file: blocks under their stages, run in schedule order.
 
     Parameter names follow the file, relative to the root model (whose own name is not
-    repeated): block `blocks` in stage `trunk` of the root model owns
-    `trunk.blocks.block.<...>`; in a nested model `image` it is `image.trunk.blocks.block.<...>`.
+    repeated): block `blocks` in stage `trunk` of the root model is the module `trunk.blocks`
+    and owns `trunk.blocks.<...>` (`trunk.blocks.layers.3.attn.qkv.weight`); in a nested model
+    `image` it is `image.trunk.blocks.<...>`. The stages hold the user's block modules
+    themselves; each block's `Binding` (its keys) is kept beside the module tree, not in it.
 
     `blocks` gives `(path, ReadWriteBlock)` in declaration order (which fixes parameter order);
     `schedule` gives the same paths in execution order (default: declaration order). The
@@ -179,15 +232,16 @@ class MetaModel(nn.Module):
 
     def __init__(self, blocks: Sequence[tuple[str, ReadWriteBlock]], schedule: Sequence[str] | None = None):
         super().__init__()
-        self._paths: list[str] = []
+        self._bindings: dict[str, Binding] = {}  # block path -> its keys, in declaration order
         self._schedule: list[str] = []
         self._ties: list[tuple[str, str]] = []  # (tied parameter name, parameter it shares)
         for path, rw in blocks:
             self._add(path, rw)
-        self._schedule = list(schedule) if schedule is not None else list(self._paths)
-        if sorted(self._schedule) != sorted(self._paths):
-            missing = sorted(set(self._paths) - set(self._schedule))
-            extra = sorted(set(self._schedule) - set(self._paths))
+        paths = list(self._bindings)
+        self._schedule = list(schedule) if schedule is not None else paths
+        if sorted(self._schedule) != sorted(paths):
+            missing = sorted(set(paths) - set(self._schedule))
+            extra = sorted(set(self._schedule) - set(paths))
             dup = sorted({p for p in self._schedule if self._schedule.count(p) > 1})
             raise ValueError(
                 f"schedule must name every block once (missing: {missing}, unknown: {extra}, repeated: {dup})"
@@ -198,7 +252,7 @@ class MetaModel(nn.Module):
         parts = path.split(".")
         if not all(parts):
             raise ValueError(f"bad block path {path!r}")
-        if path in self._paths:
+        if path in self._bindings:
             raise ValueError(f"two blocks at {path!r}")
         parent: nn.Module = self
         for i, part in enumerate(parts):
@@ -211,12 +265,12 @@ class MetaModel(nn.Module):
                     raise ValueError(
                         f"cannot name a module {where!r}: {part!r} is reserved (an attribute of {type(parent).__name__})"
                     )
-                child = rw if leaf else Stage()
+                child = rw.block if leaf else Stage()
                 parent.add_module(part, child)
             elif leaf or not isinstance(child, Stage):
                 raise ValueError(f"block path {path!r} collides with {'.'.join(parts[: i + 1])!r}")
             parent = child
-        self._paths.append(path)
+        self._bindings[path] = rw.binding
 
     # -- the generated forward -------------------------------------------------------------
 
@@ -229,7 +283,7 @@ class MetaModel(nn.Module):
             return latest.get(key) or f"d[{key!r}]"
 
         for step, path in enumerate(self._schedule, start=1):
-            rw = self.get_submodule(path)
+            rw = self._bindings[path]
             expr = "self"
             for part in path.split("."):
                 expr = _attr(expr, part)
@@ -246,7 +300,7 @@ class MetaModel(nn.Module):
                 used.add(name)
                 targets.append(name)
             lhs = targets[0] if len(targets) == 1 else ", ".join(targets)
-            lines.append(f"    {lhs} = {_attr(expr, 'block')}({', '.join(call_args)})")
+            lines.append(f"    {lhs} = {expr}({', '.join(call_args)})")
             for key, local in zip(rw.writes, targets):
                 if key is not None:
                     latest[key] = local
@@ -273,13 +327,17 @@ class MetaModel(nn.Module):
     def forward_eager(self, d: Mapping[str, Any]) -> dict[str, Any]:
         """The same computation through each ReadWriteBlock's dict contract, for debugging."""
         for path in self._schedule:
-            d = self.get_submodule(path)(d)
+            d = ReadWriteBlock.of(self.get_submodule(path), self._bindings[path])(d)
         return dict(d)
 
     @property
     def code(self) -> str:
         """The generated source of `forward`."""
         return self._source
+
+    def extra_repr(self) -> str:
+        """The keys each block reads and writes, in schedule order (the modules print below)."""
+        return "\n".join(f"{path}: {self._bindings[path]}" for path in self._schedule)
 
     # -- what the model is made of ---------------------------------------------------------
 
@@ -288,8 +346,9 @@ class MetaModel(nn.Module):
         return list(self._schedule)
 
     def block_items(self) -> list[tuple[str, ReadWriteBlock]]:
-        """`(path, ReadWriteBlock)` in declaration order."""
-        return [(p, self.get_submodule(p)) for p in self._paths]
+        """`(path, ReadWriteBlock)` in declaration order, each holding the block module now at
+        `path` (the wrapped one, once parallelism has wrapped it)."""
+        return [(p, ReadWriteBlock.of(self.get_submodule(p), b)) for p, b in self._bindings.items()]
 
     @property
     def input_keys(self) -> list[str]:
@@ -297,7 +356,7 @@ class MetaModel(nn.Module):
         written: set[str] = set()
         out: list[str] = []
         for path in self._schedule:
-            rw = self.get_submodule(path)
+            rw = self._bindings[path]
             out += [k for k in rw.read_keys if k not in written and k not in out]
             written.update(rw.write_keys)
         return out
@@ -307,7 +366,7 @@ class MetaModel(nn.Module):
         """Every key some block writes (in first-write order)."""
         out: list[str] = []
         for path in self._schedule:
-            out += [k for k in self.get_submodule(path).write_keys if k not in out]
+            out += [k for k in self._bindings[path].write_keys if k not in out]
         return out
 
     # -- weight tying ----------------------------------------------------------------------
@@ -348,8 +407,9 @@ class MetaModel(nn.Module):
 
 def params_by_block(model: MetaModel) -> dict[str, list[tuple[str, nn.Parameter]]]:
     """Each block path's parameters (full names); a shared parameter counts for its first owner."""
-    paths = sorted((p for p, _ in model.block_items()), key=len, reverse=True)
-    out: dict[str, list[tuple[str, nn.Parameter]]] = {p: [] for p, _ in model.block_items()}
+    declared = [p for p, _ in model.block_items()]
+    paths = sorted(declared, key=len, reverse=True)
+    out: dict[str, list[tuple[str, nn.Parameter]]] = {p: [] for p in declared}
     for name, param in model.named_parameters():
         owner = next(p for p in paths if name.startswith(p + "."))
         out[owner].append((name, param))

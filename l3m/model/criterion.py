@@ -19,14 +19,16 @@ from torch import nn
 
 from l3m.dsl.ir import Node, Program
 from l3m.model.build import entry_for, instantiate
-from l3m.model.core import ReadWriteBlock, bind_ports
+from l3m.model.core import Binding, ReadWriteBlock, bind_ports
 
 
 class Criterion(nn.Module):
     """Losses and metrics bound to their keys; `forward(d) -> (total, logs)`.
 
     `losses` holds `(name, bound module, output port names, weight)`, `metrics`
-    `(name, bound module, output port names)`.
+    `(name, bound module, output port names)`. Each loss and metric module is a child under its
+    own name, so a learnable loss parameter is `<loss>.<param>` (`clip.logit_scale`; the trainer
+    shows it as `criterion.clip.logit_scale`); the keys each one reads stay beside the module tree.
     """
 
     def __init__(
@@ -40,13 +42,41 @@ class Criterion(nn.Module):
         names = [t[0] for t in [*losses, *metrics]]
         if len(set(names)) != len(names):
             raise ValueError(f"loss and metric names must be unique: {names}")
-        self.losses = nn.ModuleDict({name: rw for name, rw, _, _ in losses})
-        self.metrics = nn.ModuleDict({name: rw for name, rw, _ in metrics})
-        self.weights = {name: float(w) for name, _, _, w in losses}
-        self.ports = {name: tuple(ports) for name, _, ports, *_ in [*losses, *metrics]}
+        self._losses = [name for name, *_ in losses]
+        self._metrics = [name for name, *_ in metrics]
+        self._weights = {name: float(w) for name, _, _, w in losses}
+        self._ports = {name: tuple(ports) for name, _, ports, *_ in [*losses, *metrics]}
+        self._bindings: dict[str, Binding] = {}
+        for name, rw, *_ in [*losses, *metrics]:
+            # A class or instance attribute (`train`, `weights`, ...) would shadow the module.
+            if hasattr(type(self), name) or name in self.__dict__:
+                raise ValueError(f"cannot name a loss or metric {name!r}: the name is reserved (an attribute "
+                                 f"of {type(self).__name__})")
+            self.add_module(name, rw.block)
+            self._bindings[name] = rw.binding
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Each loss term's weight, in declaration order."""
+        return dict(self._weights)
+
+    @property
+    def ports(self) -> dict[str, tuple[str, ...]]:
+        """Each loss and metric's output port names."""
+        return dict(self._ports)
+
+    @property
+    def losses(self) -> dict[str, ReadWriteBlock]:
+        """Each loss bound to its keys, in declaration order."""
+        return {name: ReadWriteBlock.of(getattr(self, name), self._bindings[name]) for name in self._losses}
+
+    @property
+    def metrics(self) -> dict[str, ReadWriteBlock]:
+        """Each metric bound to its keys, in declaration order."""
+        return {name: ReadWriteBlock.of(getattr(self, name), self._bindings[name]) for name in self._metrics}
 
     def _log(self, logs: dict[str, torch.Tensor], name: str, values: Sequence[Any], skip: int) -> None:
-        ports = self.ports[name]
+        ports = self._ports[name]
         for port, value in list(zip(ports, values))[skip:]:
             if isinstance(value, torch.Tensor):
                 logs[name if len(ports) == 1 else f"{name}/{port}"] = value.detach()
@@ -54,25 +84,27 @@ class Criterion(nn.Module):
     def forward(self, d: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         terms: list[torch.Tensor] = []
         logs: dict[str, torch.Tensor] = {}
-        for name, rw in self.losses.items():
-            values = rw.call(d)
+        for name in self._losses:
+            values = self._bindings[name].call(getattr(self, name), d)
             term = values[0]
             if term.dim() != 0:
                 raise ValueError(f"loss {name!r} must return a scalar, got shape {tuple(term.shape)}")
-            weight = self.weights[name]
+            weight = self._weights[name]
             terms.append(term if weight == 1.0 else term * weight)  # x * 1.0 would cost an op each way
             logs[name] = term.detach()
             self._log(logs, name, values, skip=1)
         with torch.no_grad():
-            for name, rw in self.metrics.items():
-                self._log(logs, name, rw.call(d), skip=0)
+            for name in self._metrics:
+                self._log(logs, name, self._bindings[name].call(getattr(self, name), d), skip=0)
         total = terms[0]
         for t in terms[1:]:
             total = total + t
         return total, logs
 
     def extra_repr(self) -> str:
-        return "weights=" + ", ".join(f"{n}={w:g}" for n, w in self.weights.items())
+        """The loss weights, then the keys each loss and metric reads and writes."""
+        weights = "weights=" + ", ".join(f"{n}={w:g}" for n, w in self._weights.items())
+        return "\n".join([weights, *(f"{n}: {b}" for n, b in self._bindings.items())])
 
 
 def _log_names(nodes: Sequence[Node]) -> dict[str, str]:

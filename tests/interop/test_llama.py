@@ -101,8 +101,8 @@ def test_fused_layout_needs_the_regrouping(transformers):
     for i in range(2):
         a = f"model.layers.{i}.self_attn."
         naive = torch.cat([sd[a + "q_proj.weight"], sd[a + "k_proj.weight"], sd[a + "v_proj.weight"]])
-        assert not torch.equal(naive, converted[f"trunk.blocks.block.layers.{i}.attn.qkv.weight"])
-        converted[f"trunk.blocks.block.layers.{i}.attn.qkv.weight"] = naive
+        assert not torch.equal(naive, converted[f"trunk.blocks.layers.{i}.attn.qkv.weight"])
+        converted[f"trunk.blocks.layers.{i}.attn.qkv.weight"] = naive
     load_pretrained(model, converted)
     with pytest.raises(AssertionError):
         logits_close(ref, model)

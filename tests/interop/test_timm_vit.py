@@ -102,8 +102,8 @@ def test_fused_qkv_needs_the_regrouping(vit_cls, tmp_path):
     for i in range(2):
         for n in ("weight", "bias"):
             naive = ref.state_dict()[f"blocks.{i}.attn.qkv.{n}"]
-            assert not torch.equal(naive, converted[f"trunk.blocks.block.layers.{i}.attn.qkv.{n}"])
-            converted[f"trunk.blocks.block.layers.{i}.attn.qkv.{n}"] = naive
+            assert not torch.equal(naive, converted[f"trunk.blocks.layers.{i}.attn.qkv.{n}"])
+            converted[f"trunk.blocks.layers.{i}.attn.qkv.{n}"] = naive
     load_pretrained(model, converted)
     with pytest.raises(AssertionError):
         logits_close(ref, model)
@@ -139,7 +139,7 @@ def test_what_does_not_fit_is_an_error(vit_cls, tmp_path, capsys):
     save_file(timm_vit(vit_cls).state_dict(), str(src))
     no_bias = vit_file(tmp_path, {**TOKEN, "proj_bias": "false"})
     assert import_main("timm-vit", str(src), no_bias, out, []) == 1
-    assert "unexpected: trunk.blocks.block.layers.0.attn.proj.bias" in capsys.readouterr().err
+    assert "unexpected: trunk.blocks.layers.0.attn.proj.bias" in capsys.readouterr().err
 
 
 def test_non_vit_models_are_refused(tmp_path):

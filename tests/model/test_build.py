@@ -23,24 +23,24 @@ def test_builds_on_meta_with_file_names(gpt):
     model = build_model(gpt)
     names = [n for n, _ in model.named_parameters()]
     assert names == [
-        "preprocessor.embed.block.emb.weight",
-        "trunk.mix.block.lin.weight",
-        "trunk.mix.block.lin.bias",
+        "preprocessor.embed.emb.weight",
+        "trunk.mix.lin.weight",
+        "trunk.mix.lin.bias",
     ]  # the head's weight is the embedding's, listed once
     assert all(p.is_meta for p in model.parameters())
-    assert model.trunk.mix.block.lin.in_features == 8  # positional arguments reached the constructor
+    assert model.trunk.mix.lin.in_features == 8  # positional arguments reached the constructor
     assert model.schedule == ["preprocessor.embed", "trunk.mix", "head.lm"]
 
 
 def test_materialize_initialises_and_keeps_the_tie(gpt):
     torch.manual_seed(0)
     model = materialize(build_model(gpt), "cpu")
-    emb = model.preprocessor.embed.block.emb.weight
+    emb = model.preprocessor.embed.emb.weight
     assert emb.device.type == "cpu" and torch.isfinite(emb).all()
-    assert model.head.lm.block.proj.weight is emb
+    assert model.head.lm.proj.weight is emb
     out = model(batch())
     assert out["logits"].shape == (2, 5, 11)
-    expect = F.linear(model.trunk.mix.block.lin(F.embedding(batch()["tokens"], emb)), emb)
+    expect = F.linear(model.trunk.mix.lin(F.embedding(batch()["tokens"], emb)), emb)
     torch.testing.assert_close(out["logits"], expect)
 
 
@@ -51,8 +51,8 @@ def test_nested_models_name_submodels_and_drop_the_root(ir):
         ir.block("clip.head.sum", "ToySum", ["img", "txt"], ["both"]),
     )
     model = build_model(prog)
-    assert {n.rsplit(".", 3)[0] for n, _ in model.named_parameters()} == {"image.trunk.enc", "text.trunk.enc"}
-    assert "self.head.sum.block(img_1, txt_2)" in model.code
+    assert {n.rsplit(".", 2)[0] for n, _ in model.named_parameters()} == {"image.trunk.enc", "text.trunk.enc"}
+    assert "self.head.sum(img_1, txt_2)" in model.code
     out = materialize(model)({"image": torch.ones(1, 4), "text": torch.ones(1, 4)})
     torch.testing.assert_close(out["both"], out["img"] + out["txt"])
 
@@ -81,14 +81,14 @@ def test_optional_ports_and_outputs(ir):
     x = torch.randn(3, 4)
     out = model({"x": x})
     assert set(out) == {"x", "a", "b", "y"}
-    torch.testing.assert_close(out["y"], model.trunk.lin.block.lin(out["a"]) * (2 * x))
+    torch.testing.assert_close(out["y"], model.trunk.lin.lin(out["a"]) * (2 * x))
 
 
 def test_freeze_globs(gpt):
     gpt.sections["train"] = Section("train", None, {"freeze": ["preprocessor.*"]})
     model = build_model(gpt)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert frozen == {"preprocessor.embed.block.emb.weight"}
+    assert frozen == {"preprocessor.embed.emb.weight"}
     with pytest.raises(ValueError, match="'trunk.nope\\*' matches no parameter"):
         freeze(model, ["trunk.nope*"])
 
@@ -144,7 +144,7 @@ def test_criterion_weights_terms_and_logs_detached_values(ir):
     torch.testing.assert_close(logs["avg"], d["pred"].mean().detach())
     assert not any(v.requires_grad for v in logs.values())
     total.backward()
-    assert model.head.lin.block.lin.weight.grad is not None
+    assert model.head.lin.lin.weight.grad is not None
 
 
 def test_criterion_parameters_and_path_names_when_names_clash(ir):
@@ -153,13 +153,28 @@ def test_criterion_parameters_and_path_names_when_names_clash(ir):
         ir.metric("x", "ToyMean", ["a"]),
     )
     crit = build_criterion(prog, device="meta")
-    assert [n for n, _ in crit.named_parameters()] == ["losses.loss_x.block.scale"]
+    assert [n for n, _ in crit.named_parameters()] == ["loss_x.scale"]
     materialize(crit)
     total, logs = crit({"a": torch.full((4,), 3.0)})
     assert total.item() == 9.0 and set(logs) == {"loss_x", "metric_x"}
     assert set(build_criterion(prog, metrics=False).metrics) == set()
     with pytest.raises(ValueError, match="at least one loss"):
         Criterion([])
+
+
+def test_criterion_holds_each_loss_under_its_name(ir):
+    prog = ir.program(ir.loss("temp", "ToyTempLoss", ["a"]), ir.metric("avg", "ToyMean", ["a"]))
+    crit = build_criterion(prog)
+    assert [n for n, _ in crit.named_parameters()] == ["temp.scale"]  # `criterion.temp.scale` in a run
+    assert [n for n, _ in crit.named_children()] == ["temp", "avg"]
+    assert crit.losses["temp"].block is crit.temp and crit.losses["temp"].read_keys == ("a",)
+    assert list(crit.metrics) == ["avg"] and crit.weights == {"temp": 1.0}
+    assert "temp: a -> _\n" in repr(crit)  # the keys print with the criterion
+    loss = crit.losses["temp"]
+    with pytest.raises(ValueError, match="cannot name a loss or metric 'weights': the name is reserved"):
+        Criterion([("weights", loss, ["loss"], 1.0)])
+    with pytest.raises(ValueError, match="cannot name a loss or metric 'train': the name is reserved"):
+        Criterion([("ok", loss, ["loss"], 1.0)], [("train", crit.metrics["avg"], ["mean"])])
 
 
 # -- the real block library ---------------------------------------------------------------------
@@ -178,9 +193,9 @@ def test_real_library_gpt_builds_ties_and_trains_one_step(ir):
     torch.manual_seed(0)
     model = materialize(build_model(prog))
     crit = build_criterion(prog)
-    assert model.head.lm.block.proj.weight is model.preprocessor.embed.block.weight
-    assert any(n.startswith("trunk.blocks.block.layers.1.") for n, _ in model.named_parameters())
-    assert "x_2, _, _ = self.trunk.blocks.block(x_1)" in model.code
+    assert model.head.lm.proj.weight is model.preprocessor.embed.weight
+    assert any(n.startswith("trunk.blocks.layers.1.") for n, _ in model.named_parameters())
+    assert "x_2, _, _ = self.trunk.blocks(x_1)" in model.code
     d = batch()
     out = model(d)
     torch.testing.assert_close(out["logits"], model.forward_eager(d)["logits"])
@@ -205,7 +220,7 @@ model gpt {
 loss ce: LMCrossEntropy()  logits, targets -> loss
 metric ppl: Perplexity()  logits, targets -> ppl
 optimizer AdamW(lr = 3e-4)
-train { steps = 2, freeze = ["trunk.blocks.block.layers.0.*"] }
+train { steps = 2, freeze = ["trunk.blocks.layers.0.*"] }
 """
 
 
@@ -221,7 +236,7 @@ def test_a_compiled_file_builds_and_steps(tmp_path):
     crit = build_criterion(compiled.program)
     assert model.schedule == ["preprocessor.embed", "trunk.blocks", "head.lm"]
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    assert frozen and all(n.startswith("trunk.blocks.block.layers.0.") for n in frozen)
+    assert frozen and all(n.startswith("trunk.blocks.layers.0.") for n in frozen)
     total, logs = crit(model(batch(6)))
     assert set(logs) == {"ce", "ppl"} and torch.isfinite(total)
     total.backward()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from l3m.model.core import MetaModel, ReadWriteBlock, bind_outputs, bind_ports, params_by_block
+from l3m.model.core import MetaModel, ReadWriteBlock, Stage, bind_outputs, bind_ports, params_by_block
 from l3m.registry import Port
 
 torch.manual_seed(0)
@@ -115,32 +115,51 @@ def three_blocks() -> MetaModel:
 
 def test_parameter_names_follow_stage_block_and_submodel():
     names = [n for n, _ in three_blocks().named_parameters()]
-    assert names[:2] == ["preprocessor.inp.block.layers.0.weight", "preprocessor.inp.block.layers.0.bias"]
-    assert "trunk.blocks.block.layers.0.weight" in names
-    assert "image.trunk.enc.block.layers.0.weight" in names
+    assert names[:2] == ["preprocessor.inp.layers.0.weight", "preprocessor.inp.layers.0.bias"]
+    assert "trunk.blocks.layers.0.weight" in names
+    assert "image.trunk.enc.layers.0.weight" in names
+    assert not any(".block." in n for n in names)  # no wrapper segment: names follow the file
+
+
+def test_stages_hold_the_blocks_themselves_and_bindings_stay_outside_the_module_tree():
+    blocks = [Lin(), Lin(), Lin()]
+    model = MetaModel([
+        ("preprocessor.inp", rw(blocks[0])),
+        ("trunk.blocks", rw(blocks[1], kwargs={"scale": "s"})),
+        ("image.trunk.enc", rw(blocks[2], writes=("y",))),
+    ])  # fmt: skip
+    assert model.preprocessor.inp is blocks[0] and model.image.trunk.enc is blocks[2]
+    assert {type(m) for m in model.modules()} == {MetaModel, Stage, Lin, nn.ModuleList, nn.Linear}
+    items = model.block_items()
+    assert [(p, b.block) for p, b in items] == [
+        ("preprocessor.inp", blocks[0]), ("trunk.blocks", blocks[1]), ("image.trunk.enc", blocks[2])
+    ]  # fmt: skip
+    assert items[1][1].read_keys == ("x", "s") and items[2][1].write_keys == ("y",)
+    assert set(model.state_dict()) == {n for n, _ in model.named_parameters()}
+    assert "trunk.blocks: x, scale=s -> x\n" in repr(model)  # the keys still print with the model
 
 
 def test_generated_forward_is_straight_line_and_matches_the_dict_contract():
     model = three_blocks()
     code = model.code
     assert "for " not in code and "if " not in code
-    assert "self.trunk.blocks.block(x_1, scale=d['s'])" in code
-    assert "self.image.trunk.enc.block(x_2)" in code  # reads the latest version of `x`
+    assert "self.trunk.blocks(x_1, scale=d['s'])" in code
+    assert "self.image.trunk.enc(x_2)" in code  # reads the latest version of `x`
     d = {"x": torch.randn(2, 4), "s": torch.randn(2, 4)}
     out = model(d)
     assert set(out) == {"x", "s", "y"}
     expect = model.forward_eager(d)
     for k in out:
         torch.testing.assert_close(out[k], expect[k])
-    by_hand = model.trunk.blocks.block(model.preprocessor.inp.block(d["x"]), d["s"])
+    by_hand = model.trunk.blocks(model.preprocessor.inp(d["x"]), d["s"])
     torch.testing.assert_close(out["x"], by_hand)
-    torch.testing.assert_close(out["y"], model.image.trunk.enc.block(by_hand))
+    torch.testing.assert_close(out["y"], model.image.trunk.enc(by_hand))
     assert model.input_keys == ["x", "s"] and model.output_keys == ["x", "y"]
 
 
 def test_multiple_outputs_and_an_unbound_optional_output():
     model = MetaModel([("trunk.r", ReadWriteBlock(Recorder(), ["x"], writes=["a", "b", None]))])
-    assert "a_1, b_1, _ = self.trunk.r.block(d['x'])" in model.code
+    assert "a_1, b_1, _ = self.trunk.r(d['x'])" in model.code
     out = model({"x": torch.ones(3)})
     assert set(out) == {"x", "a", "b"}
 
@@ -149,7 +168,7 @@ def test_schedule_orders_execution_but_not_parameter_names():
     a, b = rw(Lin(), args=("y",), writes=("z",)), rw(Lin(), args=("x",), writes=("y",))
     model = MetaModel([("trunk.a", a), ("trunk.b", b)], schedule=["trunk.b", "trunk.a"])
     assert [n for n, _ in model.named_parameters()][0].startswith("trunk.a.")
-    assert model.code.index("self.trunk.b.block") < model.code.index("self.trunk.a.block")
+    assert model.code.index("self.trunk.b(") < model.code.index("self.trunk.a(")
     x = torch.randn(2, 4)
     torch.testing.assert_close(model({"x": x})["z"], a.block(b.block(x)))
     with pytest.raises(ValueError, match="missing: \\['trunk.a'\\]"):
@@ -170,7 +189,7 @@ def test_key_text_is_only_ever_a_string_literal():
 
 def test_odd_module_names_are_reached_with_getattr_and_reserved_ones_are_refused():
     model = MetaModel([("trunk.lambda", rw(Lin()))])
-    assert "getattr(self.trunk, 'lambda').block" in model.code
+    assert "getattr(self.trunk, 'lambda')(d['x'])" in model.code
     assert model({"x": torch.randn(1, 4)})["x"].shape == (1, 4)
     with pytest.raises(ValueError, match="'train' is reserved \\(an attribute of Stage\\)"):
         MetaModel([("trunk.train", rw(Lin()))])
@@ -186,24 +205,29 @@ def test_copies_and_pickles_regenerate_the_forward():
     for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
         assert other.code == model.code
         torch.testing.assert_close(other(d)["y"], model(d)["y"])
-        assert other.trunk.blocks.block is not model.trunk.blocks.block
+        torch.testing.assert_close(other.forward_eager(d)["y"], model(d)["y"])
+        assert other.trunk.blocks is not model.trunk.blocks
+        assert [(p, b.block) for p, b in other.block_items()][1] == ("trunk.blocks", other.trunk.blocks)
 
 
 def test_replacing_a_block_in_place_is_seen_by_the_forward():
     model = three_blocks()
-    model.image.trunk.enc.block = nn.Identity()
-    out = model({"x": torch.randn(2, 4), "s": torch.randn(2, 4)})
+    model.image.trunk.enc = nn.Identity()
+    d = {"x": torch.randn(2, 4), "s": torch.randn(2, 4)}
+    out = model(d)
     torch.testing.assert_close(out["y"], out["x"])
+    assert isinstance(dict(model.block_items())["image.trunk.enc"].block, nn.Identity)
+    torch.testing.assert_close(model.forward_eager(d)["y"], out["x"])
 
 
 def test_ties_share_one_parameter_and_survive_to_empty():
     model = MetaModel([("trunk.a", rw(Lin())), ("trunk.b", rw(Lin()))])
-    model.tie("trunk.b.block.layers.0.weight", "trunk.a.block.layers.0.weight")
-    assert model.trunk.b.block.layers[0].weight is model.trunk.a.block.layers[0].weight
+    model.tie("trunk.b.layers.0.weight", "trunk.a.layers.0.weight")
+    assert model.trunk.b.layers[0].weight is model.trunk.a.layers[0].weight
     assert len(list(model.parameters())) == 3
     model.to_empty(device="cpu")
     model.retie()
-    assert model.trunk.b.block.layers[0].weight is model.trunk.a.block.layers[0].weight
+    assert model.trunk.b.layers[0].weight is model.trunk.a.layers[0].weight
     assert [len(v) for v in params_by_block(model).values()] == [2, 1]
 
 

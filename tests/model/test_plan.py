@@ -36,7 +36,7 @@ def lm(ir):
         ir.block("gpt.head.lm", "LMHead", ["x"], ["logits"], 16, 11, tie="embed"),
         ir.loss("ce", "LMCrossEntropy", ["logits", "targets"]),
         optimizer=ir.call("AdamW", lr=1e-3),
-        train={"freeze": ["trunk.blocks.block.layers.0.*"]},
+        train={"freeze": ["trunk.blocks.layers.0.*"]},
     )
 
 
