@@ -17,7 +17,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,16 +97,6 @@ def summary(xs: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
-def fit_loglog(x: Sequence[float], y: Sequence[float]) -> float:
-    """The exponent k of y ~ x^k (least squares in log-log)."""
-    import math
-
-    lx, ly = [math.log(v) for v in x], [math.log(v) for v in y]
-    mx, my = statistics.fmean(lx), statistics.fmean(ly)
-    den = sum((a - mx) ** 2 for a in lx)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / den if den else float("nan")
-
-
 def time_steps(fn: Callable[[], Any], steps: int) -> tuple[float, float]:
     """Mean (wall, CPU) seconds per call over `steps` calls.
 
@@ -179,14 +169,18 @@ def trainer(s):
     return Trainer(s, Path(tempfile.gettempdir()), RunLogger.null(), ckpt=None)  # type: ignore[arg-type]
 
 
+def block(model, path: str):
+    """The block module at `path` (`trunk.blocks`), however the MetaModel nests it."""
+    from torch import nn
+
+    m = model.get_submodule(path)
+    inner = getattr(m, "block", None)  # older MetaModels wrap each block in a ReadWriteBlock
+    return inner if isinstance(inner, nn.Module) else m
+
+
 def batches(s, n: int) -> list[dict[str, Any]]:
     """The first `n` training batches of a session (to time steps without the loader)."""
     return [next(s.train_loader) for _ in range(n)]
-
-
-def cycle(items: Sequence[Any]) -> Iterator[Any]:
-    while True:
-        yield from items
 
 
 def flops_per_sample(compiled) -> float | None:

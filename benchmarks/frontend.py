@@ -1,5 +1,7 @@
 """Front-end time (parse + resolve + check + schedule, interpreter and imports excluded) against
-file size, with each stage's share and the fitted growth. Writes benchmarks/results/frontend.json.
+file size, with each stage's share and the fitted growth; each size is also timed with Python's
+garbage collector paused (clean stage shares, and what collection costs). Writes
+benchmarks/results/frontend.json.
 
     python benchmarks/frontend.py            # 100 .. 10,000 blocks, 5 repeats
     python benchmarks/frontend.py --quick    # a smoke run
@@ -8,6 +10,7 @@ file size, with each stage's share and the fitted growth. Writes benchmarks/resu
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import tempfile
@@ -53,6 +56,19 @@ def measure(path: str) -> dict[str, float]:
             "total": parse_s + max(resolve_s, 0.0) + (t3 - t2)}
 
 
+def measure_gc_paused(path: str) -> dict[str, float]:
+    """`measure` with Python's cyclic garbage collector paused. Its collections fire after a set
+    number of allocations, so they land in the same stage on every repeat and bill that stage for
+    objects every stage made; paused, each stage's share is its own work (and the difference in
+    total is what collection costs)."""
+    gc.collect()
+    gc.disable()
+    try:
+        return measure(path)
+    finally:
+        gc.enable()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -71,9 +87,13 @@ def main() -> None:
             runs = [measure(path) for _ in range(repeats)]
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             spread = {k: (min(r[k] for r in runs), max(r[k] for r in runs)) for k in runs[0]}
-            rows.append({"blocks": n, "lines": n + 10, "median_s": med, "min_max_s": spread})
+            paused = [measure_gc_paused(path) for _ in range(repeats)]
+            med_paused = {k: statistics.median(r[k] for r in paused) for k in paused[0]}
+            rows.append({"blocks": n, "lines": n + 10, "median_s": med, "min_max_s": spread,
+                         "gc_paused_median_s": med_paused})
             print(f"{n:>6} blocks: {med['total']:.3f} s (parse {med['parse']:.3f}, resolve {med['resolve']:.3f}, "
-                  f"check {med['check']:.3f}, schedule {med['schedule']:.3f})")
+                  f"check {med['check']:.3f}, schedule {med['schedule']:.3f}); {med_paused['total']:.3f} s "
+                  "with the garbage collector paused")
     x = np.log([r["blocks"] for r in rows])
     y = np.log([r["median_s"]["total"] for r in rows])
     slope = float(np.polyfit(x, y, 1)[0]) if len(rows) > 1 else float("nan")

@@ -31,16 +31,17 @@ TARGET = {"eager": 1.02, "compiled": 1.0}
 
 def twin_for(example: str, model) -> tuple[Any, int]:
     """The plain twin with the l3m model's sizes (read off the built model), and its head count."""
-    trunk = model.trunk.blocks.block
+    trunk = common.block(model, "trunk.blocks")
     layer = trunk.layers[0]
     dim, depth = trunk.dim, len(trunk.layers)
     heads = dim // layer.attn.head_dim
+    pos = common.block(model, "preprocessor.pos").num
     if example == "llm_bytes":
-        vocab, context = model.preprocessor.embed.block.emb.weight.shape[0], model.preprocessor.pos.block.num
-        return plain.GPT(vocab, context, dim, depth, heads, hidden=layer.mlp.w1.out_features), heads
-    patch = model.preprocessor.patches.block.patch
-    side = round((model.preprocessor.pos.block.num - 1) ** 0.5) * patch
-    return plain.ViT(dim, depth, heads, patch, side, model.head.fc.block.fc.out_features), heads
+        vocab = common.block(model, "preprocessor.embed").emb.weight.shape[0]
+        return plain.GPT(vocab, pos, dim, depth, heads, hidden=layer.mlp.w1.out_features), heads
+    patch = common.block(model, "preprocessor.patches").patch
+    side = round((pos - 1) ** 0.5) * patch
+    return plain.ViT(dim, depth, heads, patch, side, common.block(model, "head.fc").fc.out_features), heads
 
 
 def plain_loss(example: str, logits, batch, label_smoothing: float):
@@ -91,8 +92,8 @@ def check_same(example, model, criterion, twin, heads, batch, key, smoothing) ->
         raise AssertionError(f"gradients differ by {gdiff}")
     model.zero_grad(set_to_none=True)
     twin.zero_grad(set_to_none=True)
-    return {"logits": float((d["logits"] - logits).detach().abs().max()), "loss": abs(float(loss - ploss)),
-            "grads": gdiff}
+    return {"logits": float((d["logits"] - logits).detach().abs().max()),
+            "loss": abs(float((loss - ploss).detach())), "grads": gdiff}
 
 
 def case(example: str, size: str, overrides: list[str], args) -> dict[str, Any]:

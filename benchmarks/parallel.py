@@ -1,10 +1,12 @@
 """Parallel overhead: FSDP2 over 2 gloo ranks (torchrun, one thread each) against one process on
-the same global batch, with one thread and with two (the same two cores).
+the same global batch, with one thread and with two (the same two cores); and FSDP again with
+`train.reshard_after_forward = false` (parameters stay gathered from forward to backward).
 
 Each run builds the example as `l3m train` does (`init_runtime`, `build_session`, which hands the
 model to `l3m.dist.parallelize`: `fully_shard` of each layer, block and the root over the
-`dp_shard` mesh); with 2 ranks each loads half the batch. The runs go single, FSDP, single, and
-the FSDP step is compared with the mean of the single-process runs around it. The first step's
+`dp_shard` mesh); with 2 ranks each loads half the batch. The runs go single, FSDP, FSDP without
+resharding, single, and the FSDP steps are compared with the mean of the single-process runs
+around them; one profiled stretch splits the FSDP step's time over FSDP2's hooks. The first step's
 loss of each run is kept: on the same global batch from the same initial weights they agree.
 
     python benchmarks/parallel.py            # writes benchmarks/results/parallel.json
@@ -26,7 +28,12 @@ from typing import Any
 import common
 
 MID = ["dim=256", "model.depth=4", "model.heads=4"]
-CONFIGS = [("llm_bytes", "tiny", []), ("llm_bytes", "mid", MID), ("vit_digits", "tiny", [])]
+CONFIGS = [("llm_bytes", "tiny", []), ("llm_bytes", "mid", MID)]
+# FSDP2's own profiler labels around its hooks (each also names its module); they do not nest
+# in one another, so their sum is the step's time in FSDP: all-gathers, reduce-scatters, copies.
+FSDP_HOOKS = ("FSDP::root_pre_forward", "FSDP::pre_forward", "FSDP::post_forward", "FSDP::pre_backward",
+              "FSDP::post_backward_accumulate", "FSDP::post_backward_reshard", "FSDP::post_backward_reduce",
+              "FSDP::root_post_backward_callback")
 
 
 def worker(example: str, overrides: list[str], threads: list[int], rounds: int, steps: int) -> dict[str, Any]:
@@ -62,11 +69,29 @@ def worker(example: str, overrides: list[str], threads: list[int], rounds: int, 
                 walls.append(wall)
                 cpus.append(cpu)
             per_threads[str(n)] = {"step_s": common.summary(walls), "cpu_step_s": common.summary(cpus)}
+        hooks = fsdp_hook_times(tr, steps) if rt.distributed else {}
         s.close()
         return {"world_size": rt.world_size, "global_batch": global_batch, "local_batch": local,
-                "first_loss": float(first), "fsdp": type(s.model).__name__, "threads": per_threads}
+                "first_loss": float(first), "model_class": type(s.model).__name__, "threads": per_threads,
+                "fsdp_hooks_s_per_step": hooks}
     finally:
         shutdown_runtime(rt)
+
+
+def fsdp_hook_times(tr, steps: int) -> dict[str, float]:
+    """Seconds per step inside each FSDP2 hook (and their total), from one profiled stretch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            tr.train_step()
+    out = dict.fromkeys(FSDP_HOOKS, 0.0)
+    for e in prof.key_averages():
+        label = e.key.split(" (")[0]
+        if label in out:
+            out[label] += e.cpu_time_total / 1e6 / steps
+    out["total"] = sum(out.values())
+    return out
 
 
 def launch(example: str, overrides: list[str], ranks: int, args) -> dict[str, Any]:
@@ -80,30 +105,38 @@ def launch(example: str, overrides: list[str], ranks: int, args) -> dict[str, An
             cmd = [sys.executable, *script]
         env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
         t0 = time.perf_counter()
-        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL if not args.verbose else None)
+        quiet = subprocess.PIPE if not args.verbose else None  # the ranks' profiler chatter, unless asked
+        proc = subprocess.run(cmd, env=env, stdout=quiet, stderr=quiet, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stderr or '')[-4000:]}")
         row = json.loads(Path(out.name).read_text())
         row["process_s"] = time.perf_counter() - t0
         return row
 
 
 def config(example: str, size: str, overrides: list[str], args) -> dict[str, Any]:
+    keep = [*overrides, "train.reshard_after_forward=false"]
     single_a = launch(example, overrides, 1, args)
     fsdp = launch(example, overrides, 2, args)
+    fsdp_keep = fsdp if args.quick else launch(example, keep, 2, args)
     single_b = single_a if args.quick else launch(example, overrides, 1, args)
 
-    def mean(key: str, threads: str) -> float:
-        return (single_a["threads"][threads][key]["median"] + single_b["threads"][threads][key]["median"]) / 2
+    def mean(threads: str) -> float:
+        return (single_a["threads"][threads]["step_s"]["median"] + single_b["threads"][threads]["step_s"]["median"]) / 2
 
-    t1, t2 = mean("step_s", "1"), mean("step_s", "2")
-    tf = fsdp["threads"]["1"]["step_s"]["median"]
-    row = {"example": example, "size": size, "overrides": overrides, "single": [single_a, single_b], "fsdp": fsdp,
-           "step_s": {"1 process, 1 thread": t1, "1 process, 2 threads": t2, "2 ranks FSDP, 1 thread each": tf},
-           "speedup_vs_1_thread": t1 / tf, "speedup_vs_2_threads": t2 / tf,
-           "overhead_vs_ideal": tf / (t1 / 2) - 1.0,
+    t1, t2 = mean("1"), mean("2")
+    tf, tk = (r["threads"]["1"]["step_s"]["median"] for r in (fsdp, fsdp_keep))
+    row = {"example": example, "size": size, "overrides": overrides,
+           "runs": {"single": [single_a, single_b], "fsdp": fsdp, "fsdp_keep_params": fsdp_keep},
+           "step_s": {"single_1_thread": t1, "single_2_threads": t2, "fsdp": tf, "fsdp_keep_params": tk},
+           "speedup_vs_1_thread": t1 / tf, "speedup_vs_2_threads": t2 / tf, "overhead_vs_ideal": tf / (t1 / 2) - 1.0,
+           "keep_params_overhead_vs_ideal": tk / (t1 / 2) - 1.0,
            "first_loss": {"single": single_a["first_loss"], "fsdp": fsdp["first_loss"]}}
+    hooks = fsdp["fsdp_hooks_s_per_step"].get("total", 0.0)
     print(f"{example:>10} {size:<4}: 1p1t {t1 * 1e3:7.1f} ms, 1p2t {t2 * 1e3:7.1f} ms, FSDP 2x1t {tf * 1e3:7.1f} ms "
-          f"(overhead over a perfect 2x split: {row['overhead_vs_ideal']:+.0%}); first loss "
-          f"{single_a['first_loss']:.5f} vs {fsdp['first_loss']:.5f}", flush=True)
+          f"(over a perfect 2x split: {row['overhead_vs_ideal']:+.0%}; {hooks * 1e3:.1f} ms/step in FSDP hooks), "
+          f"without resharding {tk * 1e3:7.1f} ms; first loss {single_a['first_loss']:.5f} vs "
+          f"{fsdp['first_loss']:.5f}", flush=True)
     return row
 
 
@@ -123,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         if int(os.environ.get("RANK", "0")) == 0:
             Path(out).write_text(json.dumps(row))
         return
+    common.set_threads(args.threads)  # what the machine record says; the runs set their own
     started = common.machine()
     configs = CONFIGS[:1] if args.quick else CONFIGS
     if args.quick:

@@ -121,22 +121,23 @@ class ViT(nn.Module):
 
 # -- l3m weights -> twin weights ----------------------------------------------------------------
 
-_RENAMES = [
-    (r"preprocessor\.embed\.block\.emb\.", "tok."),
-    (r"preprocessor\.patches\.block\.", "patch."),
-    (r"preprocessor\.cls\.block\.cls", "cls"),
-    (r"preprocessor\.pos\.block\.pos", "pos"),
-    (r"trunk\.blocks\.block\.layers\.(\d+)\.norm1\.", r"blocks.\1.ln1."),
-    (r"trunk\.blocks\.block\.layers\.(\d+)\.norm2\.", r"blocks.\1.ln2."),
-    (r"trunk\.blocks\.block\.layers\.(\d+)\.attn\.", r"blocks.\1.attn."),
-    (r"trunk\.blocks\.block\.layers\.(\d+)\.mlp\.w1\.", r"blocks.\1.mlp.W1."),
-    (r"trunk\.blocks\.block\.layers\.(\d+)\.mlp\.w3\.", r"blocks.\1.mlp.up."),
-    (r"trunk\.blocks\.block\.layers\.(\d+)\.mlp\.w2\.", r"blocks.\1.mlp.W2."),
-    (r"trunk\.blocks\.block\.norm\.", "norm."),
-    (r"head\.lm\.block\.proj\.", "head."),
-    (r"head\.fc\.block\.norm\.", "head_norm."),
-    (r"head\.fc\.block\.fc\.", "head."),
+_RENAMES = [  # on names without the `.block` segment that older MetaModels put after each block
+    (r"preprocessor\.embed\.emb\.", "tok."),
+    (r"preprocessor\.patches\.", "patch."),
+    (r"preprocessor\.cls\.cls", "cls"),
+    (r"preprocessor\.pos\.pos", "pos"),
+    (r"trunk\.blocks\.layers\.(\d+)\.norm1\.", r"blocks.\1.ln1."),
+    (r"trunk\.blocks\.layers\.(\d+)\.norm2\.", r"blocks.\1.ln2."),
+    (r"trunk\.blocks\.layers\.(\d+)\.attn\.", r"blocks.\1.attn."),
+    (r"trunk\.blocks\.layers\.(\d+)\.mlp\.w1\.", r"blocks.\1.mlp.W1."),
+    (r"trunk\.blocks\.layers\.(\d+)\.mlp\.w3\.", r"blocks.\1.mlp.up."),
+    (r"trunk\.blocks\.layers\.(\d+)\.mlp\.w2\.", r"blocks.\1.mlp.W2."),
+    (r"trunk\.blocks\.norm\.", "norm."),
+    (r"head\.lm\.proj\.", "head."),
+    (r"head\.fc\.norm\.", "head_norm."),
+    (r"head\.fc\.fc\.", "head."),
 ]
+_BLOCK_SEGMENT = re.compile(r"^((?:preprocessor|trunk|postprocessor|head)\.\w+)\.block\.")
 
 
 def from_l3m(state: Mapping[str, torch.Tensor], twin: nn.Module, heads: int) -> dict[str, torch.Tensor]:
@@ -148,7 +149,7 @@ def from_l3m(state: Mapping[str, torch.Tensor], twin: nn.Module, heads: int) -> 
     glu = any(isinstance(m, SwiGLU) for m in twin.modules())
     out: dict[str, torch.Tensor] = {}
     for name, t in state.items():
-        new = name
+        new = _BLOCK_SEGMENT.sub(r"\1.", name)
         for pattern, repl in _RENAMES:
             new = re.sub(pattern, repl, new)
         new = new.replace("mlp.W1.", "mlp.gate." if glu else "mlp.fc1.").replace(

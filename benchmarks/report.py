@@ -38,8 +38,16 @@ def pct(x: float | None, signed: bool = False) -> str:
     return "–" if x is None else f"{x:+.1%}" if signed else f"{x:.1%}"
 
 
-def mark(ok: bool | None) -> str:
-    return "–" if ok is None else "yes" if ok else "**no**"
+def mark(ok: bool | str | None) -> str:
+    return "–" if ok is None else ok if isinstance(ok, str) else "yes" if ok else "**no**"
+
+
+def verdict(ratio: float, aa: float, target: float) -> bool | str:
+    """True when the ratio meets the target; "within noise" when it misses by less than the A/A
+    row deviates from 1 (at least 0.5%): a difference that size is not there to be seen."""
+    if ratio <= target:
+        return True
+    return "within noise" if ratio - target <= max(abs(aa - 1.0), 0.005) else False
 
 
 def load_note(d: dict[str, Any]) -> str:
@@ -55,11 +63,17 @@ def load_note(d: dict[str, Any]) -> str:
 
 def frontend(d: dict[str, Any], charts: Path) -> tuple[str, list]:
     rows, stages = d["rows"], ("parse", "resolve", "check", "schedule")
-    body = [table(
-        ["blocks", "lines", "total (ms)", *[f"{s} (share)" for s in stages]],
-        [[f"{r['blocks']:,}", f"{r['lines']:,}", f"{r['median_s']['total'] * 1e3:.1f}",
-          *[f"{r['median_s'][s] * 1e3:.1f} ({r['median_s'][s] / r['median_s']['total']:.0%})" for s in stages]]
-         for r in rows])]
+    paused = all("gc_paused_median_s" in r for r in rows)
+
+    def cells(r: dict[str, Any]) -> list[str]:
+        t = r["gc_paused_median_s"] if paused else r["median_s"]
+        return [f"{t[s] * 1e3:.1f} ({t[s] / t['total']:.0%})" for s in stages]
+
+    head = ["blocks", "lines", "total (ms)"] + (["GC paused (ms)"] if paused else [])
+    head += [f"{s} (share{', GC paused' if paused else ''})" for s in stages]
+    body = [table(head, [[f"{r['blocks']:,}", f"{r['lines']:,}", f"{r['median_s']['total'] * 1e3:.1f}",
+                          *([f"{r['gc_paused_median_s']['total'] * 1e3:.1f}"] if paused else []), *cells(r)]
+                         for r in rows])]
     x = [r["blocks"] for r in rows]
     y = [r["median_s"]["total"] for r in rows]
     n = len(x)
@@ -71,12 +85,17 @@ def frontend(d: dict[str, Any], charts: Path) -> tuple[str, list]:
     body.append(
         f"\nFitted growth: time ∝ blocks^**{d['loglog_slope']:.2f}** (log-log least squares); a straight line "
         f"`t = {icpt * 1e3:.1f} ms + {slope * 1e6:.0f} µs × blocks` fits with R² = {r2:.4f}. "
-        f"At {x[-1]:,} blocks the front end spends {d['us_per_block']:.0f} µs per block. Parsing is the "
-        "largest share at every size; `check` here is the checker less the scheduler it runs (the "
-        "scheduler is timed on its own), which rounds to zero.\n")
+        f"At {x[-1]:,} blocks the front end spends {d['us_per_block']:.0f} µs per block. `check` is the "
+        "checker less the scheduler it runs (the scheduler is timed on its own). Python's garbage "
+        "collector fires after a fixed number of allocations, so it lands in the same stage on every "
+        "repeat and bills it for everyone's objects; the shares are therefore taken with it paused, "
+        "and the *GC paused* column shows what its collections cost in total.\n")
     series = {"total": list(zip(x, y))}
+    if paused:
+        series["total, GC paused"] = [(r["blocks"], r["gc_paused_median_s"]["total"]) for r in rows]
     for s in stages:
-        series[s] = [(r["blocks"], r["median_s"][s]) for r in rows if r["median_s"][s] > 0]
+        t = "gc_paused_median_s" if paused else "median_s"
+        series[s] = [(r["blocks"], r[t][s]) for r in rows if r[t][s] > 0]
     (charts / "frontend.svg").write_text(svg.line_chart(series, title="Front end time against file size",
                                                         xlabel="blocks in the file", ylabel="seconds"))
     body.append("\n![front end](results/frontend.svg)\n")
@@ -85,7 +104,7 @@ def frontend(d: dict[str, Any], charts: Path) -> tuple[str, list]:
 
 
 def overhead(d: dict[str, Any], charts: Path) -> tuple[str, list]:
-    rows, groups, errors, summary = [], {}, {}, []
+    rows, groups, summary = [], {}, []
     for c in d["cases"]:
         name = f"{c['example'].split('_')[0]} {c['size']}"
         for mode in ("eager", "compiled"):
@@ -96,15 +115,20 @@ def overhead(d: dict[str, Any], charts: Path) -> tuple[str, list]:
             rows.append([f"{c['example']} ({c['size']}, {c['params'] / 1e6:.2f}M params, batch "
                          f"{'×'.join(map(str, c['batch']))})", mode, ms(r["l3m_s"]["median"]),
                          ms(r["plain_s"]["median"]), f"**{rat['median']:.3f}** ({rat['min']:.2f}–{rat['max']:.2f})",
-                         f"{aa['median']:.3f}", f"≤ {c[mode]['target']:.2f}", mark(c[mode]["meets_target"])])
-            groups.setdefault(name, {})[mode] = (rat["median"] - 1) * 100
-            errors.setdefault(name, {})[mode] = ((aa["median"] - 1) * 100 - 0.0, (aa["median"] - 1) * 100)
+                         f"{aa['median']:.3f}", f"≤ {c[mode]['target']:.2f}",
+                         mark(verdict(rat["median"], aa["median"], c[mode]["target"]))])
+            g = groups.setdefault(name, {})
+            g[mode] = (rat["median"] - 1) * 100
+            g["A/A noise"] = max(g.get("A/A noise", 0.0), abs(aa["median"] - 1) * 100)
     for mode in ("eager", "compiled"):
-        meds = [c[mode]["cpu"]["ratio"]["median"] for c in d["cases"] if mode in c]
-        if meds:
+        runs = [c[mode]["cpu"] for c in d["cases"] if mode in c]
+        if runs:
             target = d["targets"][mode]
+            meds = [r["ratio"]["median"] for r in runs]
+            verdicts = [verdict(r["ratio"]["median"], r["aa_ratio"]["median"], target) for r in runs]
+            ok = True if all(v is True for v in verdicts) else "within noise" if all(verdicts) else False
             summary.append((f"l3m vs plain PyTorch, {mode} training step", f"≤ {(target - 1):+.0%}",
-                            f"{min(meds) - 1:+.1%} … {max(meds) - 1:+.1%}", max(meds) <= target))
+                            f"{min(meds) - 1:+.1%} … {max(meds) - 1:+.1%}", ok))
     diffs = [c["max_abs_diff"] for c in d["cases"]]
     body = [
         "Step = forward, loss, backward and AdamW step on one fixed batch; ratio = l3m / plain per round "
@@ -117,7 +141,8 @@ def overhead(d: dict[str, Any], charts: Path) -> tuple[str, list]:
         f"{max(x['grads'] for x in diffs):.1e} in any gradient.\n",
     ]
     (charts / "overhead.svg").write_text(svg.bar_chart(
-        groups, title="l3m step time over plain PyTorch (%), median over rounds", ylabel="% slower than plain",
+        {k: {s: g[s] for s in ("eager", "compiled", "A/A noise") if s in g} for k, g in groups.items()},
+        title="l3m step time over plain PyTorch (%), median over rounds", ylabel="% slower than plain",
         ref=2.0, ref_label="eager target"))
     body.append("\n![overhead](results/overhead.svg)\n")
     return "".join(body), summary
@@ -148,50 +173,79 @@ def throughput(d: dict[str, Any], charts: Path) -> tuple[str, list]:
     (charts / "mfu.svg").write_text(svg.bar_chart(groups, title="MFU per example (% of the same-dtype matmul peak)",
                                                   ylabel="MFU %"))
     body.append("\n![MFU](results/mfu.svg)\n")
-    return "".join(body), []
+    summary = []
+    for dt in ("fp32", "bf16"):
+        mfus = [r[dt]["mfu"] for r in d["examples"] if r[dt]["mfu"]]
+        if mfus:
+            summary.append((f"MFU of the examples, {dt} (same-dtype matmul peak of this run)", "–",
+                            f"{min(mfus):.1%} … {max(mfus):.1%}", None))
+    return "".join(body), summary
 
 
 def compile_(d: dict[str, Any], charts: Path) -> tuple[str, list]:
     rows = []
     for r in d["runs"]:
+        if "error" in r:
+            rows.append([r["example"], r["mode"], "failed: " + r["error"].strip().splitlines()[-1][:80], "", "", "",
+                         "", ""])
+            continue
         rows.append([r["example"], r["mode"], f"{r['compile_s']:.1f}", ms(r["eager_step_s"]["median"]),
                      ms(r["compiled_step_s"]["median"]),
                      f"**{r['speedup']['median']:.2f}×** ({r['speedup']['min']:.2f}–{r['speedup']['max']:.2f})",
                      r["graphs"], r["graph_breaks"]])
     body = [
         f"Backend `{d['backend']}`, each run in a fresh process with an empty inductor cache (cold compile "
-        "= first compiled step less an eager step). *layers*: `train {{ compile = true }}` as `l3m train` "
+        "= first compiled step less an eager step). *layers*: `train { compile = true }` as `l3m train` "
         "applies it (`l3m.dist` compiles each transformer layer); *whole*: `model.compile(fullgraph=True)` "
         "on the MetaModel. Speed-up = eager step / compiled step (`Trainer.train_step`, interleaved).\n\n",
         table(["example", "way", "cold compile (s)", "eager step (ms)", "compiled step (ms)", "speed-up", "graphs",
                "graph breaks"], rows),
     ]
-    breaks = sum(r["graph_breaks"] for r in d["runs"] if r["mode"] == "whole")
-    whole = [r for r in d["runs"] if r["mode"] == "whole"]
+    whole = [r for r in d["runs"] if r["mode"] == "whole" and "error" not in r]
+    breaks = sum(r["graph_breaks"] for r in whole)
     summary = [("Whole model compiles as one graph (`fullgraph=True`)", "0 breaks", f"{breaks} breaks",
                 breaks == 0)] if whole else []
     return "".join(body), summary
 
 
 def parallel(d: dict[str, Any], charts: Path) -> tuple[str, list]:
-    rows = []
+    rows, hooks = [], []
     for c in d["configs"]:
-        s = c["step_s"]
-        rows.append([f"{c['example']} ({c['size']})", c["fsdp"]["global_batch"], ms(s["1 process, 1 thread"]),
-                     ms(s["1 process, 2 threads"]), ms(s["2 ranks FSDP, 1 thread each"]),
-                     f"{c['speedup_vs_1_thread']:.2f}×", f"{c['speedup_vs_2_threads']:.2f}×",
-                     pct(c["overhead_vs_ideal"], signed=True),
+        s, fsdp = c["step_s"], c["runs"]["fsdp"]
+        rows.append([f"{c['example']} ({c['size']})", fsdp["global_batch"], ms(s["single_1_thread"]),
+                     ms(s["single_2_threads"]), ms(s["fsdp"]), ms(s["fsdp_keep_params"]),
+                     f"{c['speedup_vs_1_thread']:.2f}×", pct(c["overhead_vs_ideal"], signed=True),
+                     pct(c["keep_params_overhead_vs_ideal"], signed=True),
                      f"{c['first_loss']['single']:.5f} / {c['first_loss']['fsdp']:.5f}"])
+        h = fsdp["fsdp_hooks_s_per_step"]
+        if h:
+            gather = h.get("FSDP::pre_forward", 0) + h.get("FSDP::pre_backward", 0)
+            reduce = h.get("FSDP::post_backward_reduce", 0)
+            hooks.append([f"{c['example']} ({c['size']})", ms(h["total"]), ms(gather), ms(reduce),
+                          ms(h["total"] - gather - reduce)])
     body = [
-        "Global batch as the file declares it; FSDP2 (`l3m.dist.parallelize`: `fully_shard` per layer, "
-        "block and root over `dp_shard = 2`, gloo) with each rank loading half. *Overhead* is the FSDP step "
-        "over a perfect split of the 1-thread step (t₁ / 2). The first step's loss (averaged over ranks) "
-        "is the same on both: same batch, same initial weights.\n\n",
-        table(["model", "global batch", "1 proc × 1 thread (ms)", "1 proc × 2 threads (ms)",
-               "2 ranks FSDP (ms)", "speed-up vs 1 thread", "vs 2 threads", "overhead vs ideal",
-               "first loss single / FSDP"], rows),
+        "Global batch as the file declares it; FSDP2 through `l3m.dist.parallelize` (`fully_shard` per "
+        "layer, block and root over `dp_shard = 2`, gloo), each rank loading half the batch, one thread "
+        "per rank. *Keep params* is the same with `train.reshard_after_forward = false`. *Overhead* is "
+        "the FSDP step over a perfect split of the one-thread step (t₁ / 2). The first step's loss "
+        "(averaged over ranks) matches the single process: same batch, same initial weights.\n\n",
+        table(["model", "global batch", "1 proc × 1 thread (ms)", "1 proc × 2 threads (ms)", "FSDP 2 ranks (ms)",
+               "FSDP, keep params (ms)", "FSDP speed-up vs 1 thread", "FSDP overhead vs ideal",
+               "keep params overhead", "first loss single / FSDP"], rows),
     ]
-    return "".join(body), []
+    if hooks:
+        body += ["\nWhere an FSDP step's time goes (rank 0, one profiled stretch, ms per step): inside "
+                 "FSDP2's hooks, gathering parameters (before each unit's forward and again before its "
+                 "backward), reducing gradients, and the rest (copies, resharding, bookkeeping).\n\n",
+                 table(["model", "in FSDP hooks", "all-gathers (pre-forward + pre-backward)",
+                        "reduce-scatters", "other"], hooks)]
+    same = all(abs(c["first_loss"]["fsdp"] - c["first_loss"]["single"]) <= 1e-4 * abs(c["first_loss"]["single"])
+               for c in d["configs"])
+    speed = [c["speedup_vs_1_thread"] for c in d["configs"]]
+    summary = [("FSDP2 on 2 gloo ranks: same first loss as 1 process", "same", "same" if same else "differs", same),
+               ("FSDP2 on 2 gloo ranks: step speed vs 1 process, 1 thread", "–",
+                f"{min(speed):.2f}× … {max(speed):.2f}×", None)]
+    return "".join(body), summary
 
 
 def checkpointing(d: dict[str, Any], charts: Path) -> tuple[str, list]:
@@ -199,17 +253,25 @@ def checkpointing(d: dict[str, Any], charts: Path) -> tuple[str, list]:
     for c in d["configs"]:
         for m, r in c["modes"].items():
             rows.append([f"{c['example']} ({c['size']})", m, f"{r['peak_mib']['total']:.1f}",
-                         f"{r['peak_mib']['activation']:.1f}", pct(r["peak_vs_none"] - 1, signed=True),
+                         f"{r['peak_mib'].get('activation_after_forward', r['peak_mib']['activation']):.1f}",
+                         pct(r["peak_vs_none"] - 1, signed=True),
                          ms(r["step_s"]["median"]), f"{r['time_vs_none']['median']:.2f}×",
                          f"{c['first_loss'][m]:.5f}"])
     body = [
         "`train.activation_checkpointing` through `l3m.dist` (each transformer layer wrapped). Peak = the "
         "largest total of live tensors during one step (parameters, gradients, AdamW state, activations, "
-        "temporaries) as torch's `MemTracker` counts them; *activations* is that category at the peak.\n\n",
-        table(["model", "mode", "peak (MiB)", "activations at peak (MiB)", "peak vs none", "step (ms)",
+        "temporaries) as torch's `MemTracker` counts them; *activations* are those alive when the "
+        "forward ends, what the backward will read. Step times come from separate, interleaved rounds.\n\n",
+        table(["model", "mode", "peak (MiB)", "activations after forward (MiB)", "peak vs none", "step (ms)",
                "time vs none", "first loss"], rows),
     ]
-    return "".join(body), []
+    summary = []
+    for m in ("selective", "full"):
+        peak = [c["modes"][m]["peak_vs_none"] - 1 for c in d["configs"]]
+        slow = [c["modes"][m]["time_vs_none"]["median"] - 1 for c in d["configs"]]
+        summary.append((f"Activation checkpointing, {m}: peak memory / step time vs none", "–",
+                        f"{min(peak):+.0%} … {max(peak):+.0%} / {min(slow):+.0%} … {max(slow):+.0%}", None))
+    return "".join(body), summary
 
 
 def dataloading(d: dict[str, Any], charts: Path) -> tuple[str, list]:
@@ -241,9 +303,9 @@ def training(d: dict[str, Any], charts: Path) -> tuple[str, list]:
                      f"{r['last']['loss']:.3f}" if "last" in r else "–", held or "–",
                      mark(r["under_limit"]), mark(r.get("loss_fell"))])
     body = [
-        "`python -m l3m train examples/<name>.l3m` with the file's own settings (torch's default threads, "
-        "wandb offline, evaluation and checkpoints included); wall time of the whole command. First loss = "
-        "the first logged training loss.\n\n",
+        "`python -m l3m train examples/<name>.l3m` with the file's own settings (wandb offline, "
+        "evaluation and checkpoints included; torch threads as the line above says); wall time of the "
+        "whole command, Python's start-up included. First loss = the first logged training loss.\n\n",
         table(["example", "steps", "wall (s)", "first loss", "last loss", "held-out (final eval)", "< 3 min",
                "loss fell"], rows),
     ]

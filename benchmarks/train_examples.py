@@ -1,7 +1,9 @@
 """Train every example to its declared steps, as a user would, and record what happened.
 
 Each example runs as `python -m l3m train examples/<name>.l3m --output <tmp> --no-resume` in its
-own process with the file's own settings (threads, logging, evaluation, checkpoints included):
+own process with the file's own settings (logging, evaluation, checkpoints included; one torch
+thread, `OMP_NUM_THREADS=1`, unless `--threads` says otherwise: two threads on two cores that
+other processes share stall on each other):
 the wall time of the whole command, the first and last logged training loss, and the final
 evaluation on held-out data (the ViT's top-1 accuracy, the GPT's loss and perplexity). The
 examples promise to train in under 3 minutes on a small CPU with the loss falling.
@@ -60,7 +62,7 @@ def train(example: str, overrides: list[str], threads: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = common.parser(__doc__)
-    ap.set_defaults(threads=0)
+    ap.set_defaults(threads=1)  # 0: torch's default (every core)
     ap.add_argument("--examples", default=",".join(common.EXAMPLES))
     args = ap.parse_args(argv)
     started = common.machine()

@@ -45,7 +45,7 @@ def parallelize(model: nn.Module, mesh: MeshConfig, train: TrainConfig) -> nn.Mo
     if dims.cp > 1:
         apply_cp(model, dims)
     apply_ac(model, train.activation_checkpointing)
-    if train.compile:
+    if train.compile and dims.world_size > 1:  # one process: the trainer compiles the whole model instead
         apply_compile(model)
     apply_fsdp(model, dims, train)
     init_on_full_tensors(model)

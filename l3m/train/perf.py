@@ -20,11 +20,13 @@ import torch
 
 
 def count_tokens(batch: Mapping[str, Any], keys: Sequence[str]) -> int:
-    """Elements of the integer (non-bool) tensors among `keys`: the tokens the model reads."""
+    """Elements of the integer (non-bool) sequences `[B, N, ...]` among `keys`: the tokens the model
+    reads. Per-sample integers (`[B]`: labels, prefix lengths) are not tokens."""
     n = 0
     for k in keys:
         t = batch.get(k)
-        if isinstance(t, torch.Tensor) and not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool:
+        if (isinstance(t, torch.Tensor) and t.dim() >= 2 and not t.is_floating_point() and not t.is_complex()
+                and t.dtype != torch.bool):
             n += t.numel()
     return n
 
@@ -54,7 +56,6 @@ def memory_bytes(device: torch.device) -> int:
 def measured_peak_flops(device_type: str, dtype: torch.dtype) -> float:
     """FLOP/s of a square matmul on this device, timed once per process."""
     n = 4096 if device_type == "cuda" else 512
-    dtype = dtype if device_type == "cuda" else torch.float32
     gen = torch.Generator(device=device_type).manual_seed(0)  # never touch the global generators
     a = torch.randn(n, n, device=device_type, dtype=dtype, generator=gen)
     b = torch.randn(n, n, device=device_type, dtype=dtype, generator=gen)

@@ -265,10 +265,10 @@ def build_session(compiled: Compiled, rt: Runtime, *, command: str = "train") ->
     model = build_model(program, device="meta", schedule=compiled.flow.model_order())
     model, parallel = parallelize(model, mesh, train)
     materialize(model, rt.device)
-    if train.compile and not parallel:
-        model.compile()
-    criterion = build_criterion(program, device=rt.device)
     dims = getattr(model, "parallel_dims", None)  # set by l3m.dist.parallelize
+    if train.compile and (not parallel or dims is None or dims.world_size == 1):
+        model.compile()  # one graph for the whole straight-line forward (l3m.dist compiles per layer on a mesh)
+    criterion = build_criterion(program, device=rt.device)
     if dims is not None:
         importlib.import_module("l3m.dist").parallelize_criterion(criterion, dims)
     data_rank = (dims.dp_rank, dims.dp_size) if dims is not None else None
