@@ -64,9 +64,6 @@ class MoE(nn.Module):
         init_weight_(self.w3, self.init, std=self.init_std, fan_in=self.dim)
         init_weight_(self.w2, self.init, std=self.init_std, fan_in=self.hidden, depth=self.init_depth)
 
-    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.silu(F.linear(x, self.w1[e])) * F.linear(x, self.w3[e]), self.w2[e])
-
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Router probabilities `[T, E]`, chosen experts `[T, k]` and their weights `[T, k]`."""
         probs = self.router(x).float().softmax(dim=-1)
