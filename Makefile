@@ -27,7 +27,8 @@ graphviz:
 
 demo: setup
 	$(L3M) lint examples/*.l3m
-	$(L3M) graph examples/vit_digits.l3m --render runs/vit_digits.txt
+	$(L3M) graph examples/vit_digits.l3m
+	$(L3M) graph examples/vit_digits.l3m --render runs/vit_digits.mmd
 	$(L3M) train examples/vit_digits.l3m --output runs/vit_digits --no-resume
 
 test: setup

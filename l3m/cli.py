@@ -109,6 +109,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.render:
         try:
+            Path(args.render).parent.mkdir(parents=True, exist_ok=True)
             Path(args.render).write_bytes(data)
         except OSError as e:
             print(f"l3m graph: cannot write '{args.render}': {e.strerror or e}", file=sys.stderr)

@@ -98,10 +98,11 @@ def test_explain():
 
 def test_graph_formats(tmp_path):
     for suffix in ("dot", "mmd", "txt", "json"):
-        out = tmp_path / f"g.{suffix}"
+        out = tmp_path / "new" / f"g.{suffix}"  # a folder that does not exist yet
         r = l3m("graph", ROOT / "examples" / "clip_digits.l3m", "--render", out)
         assert r.returncode == 0, r.stderr
         assert out.stat().st_size > 100
+    tmp_path = tmp_path / "new"
     data = json.loads((tmp_path / "g.json").read_text())
     assert {"blocks", "order", "keys"} <= set(data)
     blk = next(b for b in data["blocks"] if b["path"] == "clip.image.trunk.blocks")
