@@ -173,7 +173,8 @@ class ClipLoss(nn.Module):
     all ranks of `self.group` (a differentiable all-gather; default: the world), its positives
     sitting at `rank * B + i`. Under tensor parallelism the trainer sets `group` to the
     data-parallel group, since tensor-parallel ranks hold the same samples. Every rank must
-    have the same batch size.
+    have the same batch size. Evaluation (eval mode) scores each rank's batch on its own: ranks
+    may run different numbers of eval batches, and a collective there could wait forever.
     """
 
     outputs = ("loss",)
@@ -187,7 +188,7 @@ class ClipLoss(nn.Module):
         image_emb, text_emb = image_emb.float(), text_emb.float()
         b = image_emb.shape[0]
         all_image, all_text, offset = image_emb, text_emb, 0
-        if self.gather and dist.is_available() and dist.is_initialized():
+        if self.gather and self.training and dist.is_available() and dist.is_initialized():
             all_image, all_text = gather_rows(image_emb, self.group), gather_rows(text_emb, self.group)
             offset = dist.get_rank(self.group) * b
         labels = torch.arange(b, device=image_emb.device) + offset

@@ -77,6 +77,12 @@ def _worker(rank: int, world: int, store_path: str) -> None:
         (world * full).backward()  # the ranks' losses add up, so their gradients do too
         torch.testing.assert_close(mean / world, full.detach(), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(img.grad, full_img.grad[2 * rank : 2 * rank + 2], atol=1e-5, rtol=1e-5)
+        # Evaluation scores each rank's batch alone, with no collective (ranks may run different batch counts).
+        mine = slice(2 * rank, 2 * rank + 2)
+        if rank == 0:  # rank 1 makes no call at all: a collective here would wait forever
+            evaluated = ClipLoss().eval()(img_all[mine], txt_all[mine], scale)
+            alone = ClipLoss(gather=False)(img_all[mine], txt_all[mine], scale)
+            torch.testing.assert_close(evaluated, alone)
     finally:
         dist.destroy_process_group()
 
