@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from l3m.config import LogConfig, MeshConfig, TrainConfig, build_section
-from l3m.data.loader import StatefulLoader, build_loader
+from l3m.data.loader import StatefulLoader, build_loader, mix_seed
 from l3m.dsl import Compiled
 from l3m.dsl.diagnostics import Diagnostic
 from l3m.dsl.ir import Call, Node, Program, Span
@@ -272,6 +272,10 @@ def build_session(compiled: Compiled, rt: Runtime, *, command: str = "train") ->
     if dims is not None:
         importlib.import_module("l3m.dist").parallelize_criterion(criterion, dims)
     data_rank = (dims.dp_rank, dims.dp_size) if dims is not None else None
+    if data_rank is not None and data_rank[1] > 1:
+        # The weights are initialised alike everywhere; from here on, data-parallel ranks draw their own
+        # dropout / drop-path masks (tensor- and context-parallel peers, on the same samples, share them).
+        torch.manual_seed(mix_seed(train.seed, data_rank[0]))
     session = Session(compiled, rt, train, mesh, log, model, criterion, Precision(train.dtype, rt.device),
                       parallel=parallel)
 

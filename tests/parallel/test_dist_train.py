@@ -135,3 +135,12 @@ def test_collectives():
     proc = run(["tests/parallel/worker.py", "collectives"], nproc=2)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "OK collectives" in proc.stdout
+
+
+def test_data_parallel_ranks_draw_their_own_dropout(runs):
+    """Weights start alike everywhere; then data-parallel ranks draw different random numbers (their
+    dropout / drop-path masks), while tensor-parallel peers, on the same samples, draw the same."""
+    for mesh, want in (("dp_shard", "DIFFERENT"), ("tp", "SAME")):
+        proc = run(["tests/parallel/worker.py", "seeds", str(runs.program), *MESHES[mesh]], nproc=2)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        assert want in proc.stdout, (mesh, proc.stdout[-500:])

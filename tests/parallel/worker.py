@@ -87,6 +87,23 @@ def roundtrip(program: str, source: str, out: str, overrides: list[str]) -> None
     ckpt.save(step, *trainer.state())
 
 
+def seeds(program: str, overrides: list[str]) -> None:
+    """Print whether the two ranks draw the same random numbers once the session is built."""
+    from l3m.dsl import compile_file
+    from l3m.train.session import build_session, init_runtime
+
+    rt = init_runtime()
+    compiled = compile_file(program, overrides, world_size=rt.world_size)
+    assert compiled.ok, [d.message for d in compiled.errors]
+    session = build_session(compiled, rt)
+    draw = torch.rand(4)
+    both = [torch.zeros(4), torch.zeros(4)]
+    dist.all_gather(both, draw)
+    if rt.rank == 0:
+        print("SAME" if torch.equal(both[0], both[1]) else "DIFFERENT", flush=True)
+    session.close()
+
+
 def main() -> int:
     from l3m.dist import init_distributed
 
@@ -97,6 +114,8 @@ def main() -> int:
         if mode == "collectives":
             check_token_normalisation(rank, world)
             check_cp_gather(rank, world)
+        elif mode == "seeds":
+            seeds(sys.argv[2], sys.argv[3:])
         elif mode == "roundtrip":
             roundtrip(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])
         elif mode == "fail":
