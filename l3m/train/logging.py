@@ -158,7 +158,7 @@ class WandbSink:
 def format_record(record: Mapping[str, Any], total_steps: int) -> str:
     """One line: step, every loss term and metric, then learning rate and throughput."""
     split = record.get("split", "train")
-    head = f"step {record['step']}/{total_steps}" if split == "train" else f"eval {split} @ step {record['step']}"
+    head = f"step {record['step']}/{total_steps}" if split == "train" else f"eval[{split}] @ step {record['step']}"
     parts = [head]
     for k, v in record.items():
         if k in _FIXED or k in _PERF or k == "samples" or not isinstance(v, (int, float)):

@@ -103,7 +103,7 @@ def test_eval_on_held_out_sources_and_eval_command(digits, tmp_path, capsys):
     assert results["test"]["loss"] == pytest.approx(evals[-1]["loss"], rel=1e-6)
     capsys.readouterr()
     assert eval_main(str(digits), [], str(run)) == 0
-    assert "eval test @ step 30" in capsys.readouterr().out
+    assert "eval[test] @ step 30" in capsys.readouterr().out
     assert eval_main(str(digits), [], str(tmp_path / "nowhere")) == 2
 
 

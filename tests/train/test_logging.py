@@ -43,7 +43,7 @@ def test_console_line_and_quiet_console(llm, tmp_path, capsys):
     for part in ("step 5/10", "loss 1.5000", "ce 1.5000", "lr 1.00e-03", "2.0k samples/s", "32.0k tok/s",
                  "mfu 25.00%", "mem 3.0GiB", "eta 1:15"):
         assert part in line, part
-    assert "eval val @ step 5" in format_record({"split": "val", "step": 5, "loss": 1.0, "samples": 8}, 10)
+    assert "eval[val] @ step 5" in format_record({"split": "val", "step": 5, "loss": 1.0, "samples": 8}, 10)
 
 
 def test_truncate_after(tmp_path):
