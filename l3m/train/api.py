@@ -61,8 +61,8 @@ def _compile(path: str, overrides: Sequence[str], rt: Runtime, extensions: Seque
     return 2 if errors and all(d.code == "E002" for d in errors) else 1
 
 
-class InitFromError(Exception):
-    """`train.init_from` names weights that do not fit the model."""
+class InitFromError(ValueError):
+    """`train.init_from` names weights that do not fit the model (reported like any bad value: exit 1)."""
 
 
 def _init_from(session, logger) -> None:
@@ -170,21 +170,13 @@ def train_main(
         code = 1
         _print_diagnostics(rt, e.diagnostics, compiled.sources)
         return code
-    except InitFromError as e:
-        code = 1
-        _err(rt, str(e))
-        return code
     except NonFiniteError as e:
         code = 1
         logger.error(str(e))
         if logger.console is None:
             _err(rt, str(e))
         return code
-    except UsageError as e:
-        code = 2
-        _err(rt, str(e))
-        return code
-    except OSError as e:
+    except (UsageError, OSError) as e:
         code = 2
         _err(rt, str(e))
         return code
