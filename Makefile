@@ -33,7 +33,7 @@ demo: setup
 
 test: setup
 	$(L3M) lint $(L3M_FILES)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 lint-code: setup
 	$(VENV)/bin/ruff check l3m tests benchmarks

@@ -68,10 +68,13 @@ class Block(nn.Module):
 
 
 def sincos_table(n: int, dim: int) -> torch.Tensor:
-    """`[n, dim]`: sin of position x frequency in the first half, cos in the second."""
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, dtype=torch.float64) / (dim // 2))
+    """`[n, dim]`: the original LLM's table, a 2-D sin-cos table on an `[n, 1]` grid: the first half
+    encodes the (always zero) column, [sin 0 | cos 0], the second half the position, [sin | cos]."""
+    quarter = dim // 4
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(quarter, dtype=torch.float64) / quarter)
     angles = torch.arange(n, dtype=torch.float64)[:, None] * freqs[None]
-    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+    column = torch.cat([torch.zeros(n, quarter), torch.ones(n, quarter)], dim=1).double()
+    return torch.cat([column, angles.sin(), angles.cos()], dim=1).float()
 
 
 class GPT(nn.Module):
@@ -144,7 +147,7 @@ def from_l3m(state: Mapping[str, torch.Tensor], twin: nn.Module, heads: int) -> 
     """The l3m model's state dict under the twin's names and layouts.
 
     l3m's fused qkv keeps each head's q, k, v rows together (`[head, 3, head_dim]`); the twin
-    uses the common `[3, head, head_dim]`, so those rows are reordered.
+    uses the common `[3, head, head_dim]`, so those rows are reordered; separate q, k, v are stacked.
     """
     glu = any(isinstance(m, SwiGLU) for m in twin.modules())
     out: dict[str, torch.Tensor] = {}
@@ -158,4 +161,7 @@ def from_l3m(state: Mapping[str, torch.Tensor], twin: nn.Module, heads: int) -> 
             rows = t.shape[0]
             t = t.reshape(heads, 3, rows // (3 * heads), *t.shape[1:]).transpose(0, 1).reshape(t.shape)
         out[new] = t.detach().clone()
+    for name in [n for n in out if re.search(r"attn\.q\.(weight|bias)$", n)]:  # separate q, k, v: stack
+        parts = [out.pop(name.replace(".q.", f".{x}.")) for x in "qkv"]
+        out[name.replace(".q.", ".qkv.")] = torch.cat(parts, dim=0)
     return out

@@ -13,11 +13,17 @@ __version__ = "0.1.0"
 
 
 def load(path: str, overrides: list[str] | tuple[str, ...] = (), world_size: int | None = None,
-         extensions: tuple[str, ...] = ()):
-    """Compile a `.l3m` file; raise `CompileError` (with every diagnostic) if it has errors."""
+         extensions: tuple[str, ...] = (), import_extensions: bool = True):
+    """Compile a `.l3m` file; raise `CompileError` (with every diagnostic) if it has errors.
+
+    Its `extension` modules are imported (their code runs; a note on stderr says so), so that
+    `build_model()` can build their blocks. To only check a file, pass `import_extensions=False`:
+    they are then read from source with `ast` and nothing of the project runs.
+    """
     from l3m.dsl import compile_file
 
-    compiled = compile_file(path, overrides, world_size=world_size, extensions=extensions)
+    compiled = compile_file(path, overrides, world_size=world_size, extensions=extensions,
+                            import_extensions=import_extensions)
     compiled.raise_errors()
     return compiled
 

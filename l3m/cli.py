@@ -36,10 +36,13 @@ def _print_diagnostics(compiled, fmt: str = "text", stream=None) -> None:
             print(render_text(d, compiled.sources, color=_color(stream)), file=stream)
 
 
-def _compile(path: str, overrides: list[str], world_size: int | None = None, extensions: tuple[str, ...] = ()):
+def _compile(path: str, overrides: list[str], world_size: int | None = None, extensions: tuple[str, ...] = (),
+             import_extensions: bool = False):
+    """`lint` and `graph` read extension modules from source (never run them); `plan` imports them."""
     from l3m.dsl import compile_file
 
-    return compile_file(path, overrides, world_size=world_size, extensions=extensions)
+    return compile_file(path, overrides, world_size=world_size, extensions=extensions,
+                        import_extensions=import_extensions)
 
 
 def _unreadable(compiled) -> bool:
@@ -125,7 +128,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if len(files) != 1:
         print("l3m plan: give exactly one .l3m file", file=sys.stderr)
         return EXIT_USAGE
-    compiled = _compile(files[0], overrides, args.world_size, tuple(args.extension))
+    compiled = _compile(files[0], overrides, args.world_size, tuple(args.extension), import_extensions=True)
     _print_diagnostics(compiled)
     if not compiled.ok:
         return EXIT_USAGE if _unreadable(compiled) else EXIT_ERRORS
@@ -181,15 +184,23 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_blocks(args: argparse.Namespace) -> int:
     from l3m import registry
+    from l3m.dsl.ext_locate import search_roots
+    from l3m.dsl.ext_static import read_extension
 
-    for ext in args.extension:
-        registry.load_extension(ext)
+    static = {}
+    for ext in args.extension:  # read from source, like lint: listing names runs no project code
+        found = read_extension(ext, search_roots())
+        if found.error:
+            print(f"l3m blocks: extension '{ext}': {found.error}", file=sys.stderr)
+            return EXIT_USAGE
+        static.update(found.entries)
     kinds = [args.kind] if args.kind else list(registry.KINDS)
     for kind in kinds:
         print(f"{kind}s:")
-        for e in sorted(registry.entries(kind), key=lambda e: e.name):
-            ins = ", ".join(p.name + ("?" if p.optional else "") for p in e.inputs)
-            outs = ", ".join(p.name + ("?" if p.optional else "") for p in e.outputs)
+        listed = {e.name: e for e in registry.entries(kind)} | {n: e for n, e in static.items() if e.kind == kind}
+        for e in sorted(listed.values(), key=lambda e: e.name):
+            ins = ", ".join(p.name + ("?" if p.optional else "") for p in e.inputs) if e.inputs is not None else "?"
+            outs = ", ".join(p.name + ("?" if p.optional else "") for p in e.outputs) if e.outputs is not None else "?"
             ports = f"  {ins} -> {outs}" if kind in ("block", "generator", "loss", "metric", "source") else ""
             summary = e.doc.splitlines()[0] if e.doc else ""
             print(f"  {e.name}{ports}" + (f"    # {summary}" if summary else ""))
@@ -275,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("explain", help="explain a diagnostic code")
     s.add_argument("code")
     s.set_defaults(func=cmd_explain)
+
+    from l3m.tokenizer_cli import add_parser as add_tokenizer_parser
+
+    add_tokenizer_parser(sub)
     return p
 
 

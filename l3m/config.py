@@ -25,7 +25,8 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     deterministic: bool = False
-    activation_checkpointing: Literal["none", "full", "selective"] = "none"
+    tf32: bool = False  # float32 matmuls/convolutions may use TF32 tensor cores (faster, ~10-bit mantissa)
+    activation_checkpointing: Literal["none", "full", "selective", "mlp"] = "none"  # l3m.dist.ac
     reshard_after_forward: bool = True
     param_dtype: Literal["fp32", "bf16", "fp16", "auto"] = "auto"  # FSDP2 MixedPrecisionPolicy
     reduce_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"

@@ -64,6 +64,7 @@ def plan(program: Program, world_size: int = 1, *, schedule: Sequence[str] | Non
     model = build_model(program, device="meta", schedule=schedule)
     criterion = build_criterion(program, device="meta", metrics=False) if program.of_role("loss") else None
     params = count_params(program, model, criterion)
+    notes += block_notes(model)
 
     flops: dict[str, float] | None = None
     activation: int | None = None
@@ -95,6 +96,18 @@ def plan(program: Program, world_size: int = 1, *, schedule: Sequence[str] | Non
         "optimizer": program.optimizer.type_name if program.optimizer else None,
         "notes": notes,
     }
+
+
+def block_notes(model: torch.nn.Module) -> list[str]:
+    """What blocks say about themselves (a `plan_note()` method), once per distinct text, naming the first."""
+    where: dict[str, list[str]] = {}
+    for name, module in model.named_modules():
+        fn = getattr(module, "plan_note", None)
+        text = fn() if callable(fn) else None
+        if text:
+            where.setdefault(text, []).append(name)
+    return [f"{names[0]}{f' (and {len(names) - 1} more)' if len(names) > 1 else ''}: {text}"
+            for text, names in where.items()]
 
 
 # -- parameters -------------------------------------------------------------------------------
@@ -129,6 +142,7 @@ def count_params(program: Program, model: MetaModel, criterion: nn.Module | None
     crit = sum(p.numel() for p in criterion.parameters()) if criterion is not None else 0
     crit_trainable = sum(p.numel() for p in criterion.parameters() if p.requires_grad) if criterion else 0
     return {
+        "fixed_tables": fixed_table_numel(model),
         "total": total + crit,
         "trainable": trainable + crit_trainable,
         "by_model": by_model,
@@ -136,6 +150,14 @@ def count_params(program: Program, model: MetaModel, criterion: nn.Module | None
         "by_block": by_block,
         "criterion": crit,
     }
+
+
+def fixed_table_numel(model: nn.Module) -> int:
+    """Elements of frozen sin-cos position tables: buffers here, but frozen parameters in PyTorch codebases
+    that register them with `requires_grad=False` (the original ml-l3m), so plan shows both counts."""
+    from l3m.model.blocks.embeddings import PosEmbed
+
+    return sum(m.pos.numel() for m in model.modules() if isinstance(m, PosEmbed) and m.kind != "learned")
 
 
 def sharded_numel(params: Iterable[torch.Tensor], shard: int) -> int:
@@ -334,6 +356,10 @@ def format_plan(p: Mapping[str, Any]) -> str:
     """The plan as a plain-text table."""
     params = p["params"]
     lines = [f"{'parameters':<28}{params['total']:>16,}   trainable {params['trainable']:,}"]
+    if params.get("fixed_tables"):
+        fixed = params["fixed_tables"]
+        lines.append(f"{'fixed sin-cos tables':<28}{fixed:>16,}   buffers; counted as frozen parameters: "
+                     f"{params['total'] + fixed:,}")
     for title, table in (
         ("by model", params["by_model"]),
         ("by stage", params["by_stage"]),

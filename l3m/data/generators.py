@@ -5,6 +5,10 @@ A generator is called as `gen(<input ports>, rng=generator)`; `rng` is a `torch.
 loader seeds from (seed, rank, epoch, step), so every batch's randomness is reproducible and a
 resumed run draws exactly what the uninterrupted run would have. Generators never touch torch's
 global random state.
+
+Evaluation loaders (every source but `train`) skip generators marked `train_only`, and use
+`gen.for_eval()` in place of a generator that defines it (e.g. a fixed prefix length instead of a
+random one, as AIM evaluates with full attention).
 """
 
 from __future__ import annotations
@@ -19,18 +23,37 @@ class RandomPrefixLength:
     """A prefix length per sample, uniform in [low, high] (both inclusive): long [B].
 
     For prefix-causal attention (AIM): the first `prefix_len` tokens attend bidirectionally.
-    The input (an image or tokens) only sets the batch size.
+    The input (an image or tokens) only sets the batch size. With `eval_len`, evaluation loaders
+    give every sample that prefix length instead: the number of tokens means full attention (the
+    original AIM's `force_full_attn` in its eval generators); without it they draw as in training.
     """
 
     outputs = ("prefix_len",)
 
-    def __init__(self, high: int, low: int = 1) -> None:
+    def __init__(self, high: int, low: int = 1, eval_len: int | None = None) -> None:
         if not 0 <= low <= high:
             raise ValueError(f"need 0 <= low <= high, got low = {low}, high = {high}")
-        self.low, self.high = low, high
+        if eval_len is not None and eval_len < 0:
+            raise ValueError(f"eval_len must be non-negative, got {eval_len}")
+        self.low, self.high, self.eval_len = low, high, eval_len
 
     def __call__(self, x: torch.Tensor, *, rng: torch.Generator) -> torch.Tensor:
         return torch.randint(self.low, self.high + 1, (x.shape[0],), generator=rng)
+
+    def for_eval(self) -> RandomPrefixLength | FixedPrefixLength:
+        return self if self.eval_len is None else FixedPrefixLength(self.eval_len)
+
+
+class FixedPrefixLength:
+    """The same prefix length for every sample: long [B] (RandomPrefixLength's evaluation form)."""
+
+    outputs = ("prefix_len",)
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __call__(self, x: torch.Tensor, *, rng: torch.Generator) -> torch.Tensor:
+        return torch.full((x.shape[0],), self.length, dtype=torch.long)
 
 
 @register("generator")

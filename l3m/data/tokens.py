@@ -1,4 +1,6 @@
-"""Byte tokenisation, the one tokenizer that ships with l3m.
+"""Byte tokenisation: l3m's built-in tokenizer (`tokenizer = "bytes"`). Learned vocabularies
+(`tokenizers` JSON, SentencePiece) live in `l3m.data.tokenizers`, which also wraps these two
+conventions as `Tokenizer`s.
 
 Two conventions, because language modelling and captions want different things:
 

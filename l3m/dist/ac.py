@@ -1,9 +1,11 @@
-"""Activation checkpointing of the repeated layers: none, full, or selective by op.
+"""Activation checkpointing of the repeated layers: none, full, selective by op, or the MLP only.
 
 "full" keeps only each layer's inputs and recomputes the whole layer in the backward pass.
 "selective" keeps the outputs of the expensive ops (matrix multiplies, attention, and the
 collectives of tensor parallelism, which are slow to redo) and recomputes the cheap ones
 (norms, activations, residual adds), trading a little memory for most of the recompute.
+"mlp" checkpoints only each layer's feed-forward (`layer.mlp`, dense or MoE) and keeps the
+attention's activations: ml-l3m's `fsdp_layers_to_activation_checkpoint: [SwiGLUFFN]`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint
 
 from l3m.dist.units import repeated_layers
 
-AC_MODES = ("none", "full", "selective")
+AC_MODES = ("none", "full", "selective", "mlp")
+SUBMODULE_MODES = {"mlp": "mlp"}  # mode -> the attribute of each layer that is checkpointed (fully)
 
 
 def _saved_ops() -> set:
@@ -60,14 +63,20 @@ def checkpointed(layer: nn.Module, mode: str) -> nn.Module:
 
 
 def apply_ac(model: nn.Module, mode: str) -> int:
-    """Wrap every repeated layer (each transformer layer) in place; how many were wrapped."""
+    """Wrap every repeated layer (each transformer layer), or for a sub-module mode that module of
+    every layer that has one, in place; how many were wrapped."""
     if mode not in AC_MODES:
         raise ValueError(f"unknown activation_checkpointing {mode!r}; expected one of {', '.join(AC_MODES)}")
     if mode == "none":
         return 0
     count = 0
+    attr = SUBMODULE_MODES.get(mode)
     for layers in repeated_layers(model):
         for i, layer in enumerate(layers):
-            layers[i] = checkpointed(layer, mode)
-            count += 1
+            if attr is None:
+                layers[i] = checkpointed(layer, mode)
+                count += 1
+            elif getattr(layer, attr, None) is not None:
+                setattr(layer, attr, checkpointed(getattr(layer, attr), "full"))
+                count += 1
     return count

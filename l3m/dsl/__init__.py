@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from l3m.dsl.check import check
 from l3m.dsl.diagnostics import CompileError, Diagnostic, SourceCache
@@ -20,6 +20,8 @@ class Compiled:
     flow: Dataflow | None
     diagnostics: list[Diagnostic]
     sources: SourceCache
+    # Whether `extension` modules were imported (True) or only read from source (False, the default).
+    extensions_imported: bool = field(default=False, kw_only=True)
 
     @property
     def ok(self) -> bool:
@@ -34,6 +36,10 @@ class Compiled:
         from l3m.model.build import build_model
 
         self.raise_errors()
+        if self.program.extensions and not self.extensions_imported:
+            names = ", ".join(repr(m) for m, _ in self.program.extensions)
+            raise RuntimeError(f"extension modules {names} were read, not imported; compile with "
+                               "import_extensions=True (or use l3m.load) to build a model that uses them")
         return build_model(self.program, device=device, schedule=self.flow.model_order())
 
     def raise_errors(self) -> None:
@@ -42,20 +48,23 @@ class Compiled:
 
 
 def compile_file(path: str, overrides: list[str] | tuple[str, ...] = (), world_size: int | None = None,
-                 extensions: tuple[str, ...] = ()) -> Compiled:
+                 extensions: tuple[str, ...] = (), import_extensions: bool = False) -> Compiled:
+    """Check a file. `extension` modules are read from source, never run, unless `import_extensions`
+    (what building, planning and training need: it imports them, saying so on stderr)."""
     # The front end allocates many small objects and frees none until it returns: the cyclic garbage
     # collector would only rescan them (40-50% of the time on big files), so it pauses meanwhile.
     paused = gc.isenabled()
     gc.disable()
     try:
-        return _compile(path, overrides, world_size, extensions)
+        return _compile(path, overrides, world_size, extensions, import_extensions)
     finally:
         if paused:
             gc.enable()
 
 
-def _compile(path: str, overrides, world_size: int | None, extensions: tuple[str, ...]) -> Compiled:
-    res = resolve(path, overrides, extensions)
+def _compile(path: str, overrides, world_size: int | None, extensions: tuple[str, ...],
+             import_extensions: bool) -> Compiled:
+    res = resolve(path, overrides, extensions, import_extensions)
     diags = list(res.diagnostics)
     flow = None
     if res.program is not None and not any(d.code in ("E001", "E002", "E004") for d in diags):
@@ -63,7 +72,7 @@ def _compile(path: str, overrides, world_size: int | None, extensions: tuple[str
         diags += more
     diags.sort(key=lambda d: (d.span.file if d.span else "", d.span.line if d.span else 0,
                               d.span.col if d.span else 0))
-    return Compiled(res.program, flow, diags, res.sources)
+    return Compiled(res.program, flow, diags, res.sources, extensions_imported=import_extensions)
 
 
 __all__ = ["Compiled", "CompileError", "compile_file"]

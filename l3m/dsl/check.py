@@ -6,12 +6,14 @@ from l3m.config import MeshConfig, resolve_mesh
 from l3m.dsl.diagnostics import Diagnostic
 from l3m.dsl.ir import Program
 from l3m.dsl.schedule import Dataflow, dataflow
+from l3m.dsl.tokcheck import check_tokenizers
 
 
 def check(program: Program, world_size: int | None = None) -> tuple[Dataflow, list[Diagnostic]]:
     flow = dataflow(program)
     diags = list(flow.diagnostics)
     diags += _check_mesh(program, world_size)
+    diags += check_tokenizers(program)
     return flow, diags
 
 

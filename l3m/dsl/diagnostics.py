@@ -13,10 +13,14 @@ from l3m.dsl.ir import Span
 CODES: dict[str, tuple[str, str]] = {
     "E001": ("syntax", "The file does not follow the grammar of the .l3m language. The message says what was\n"
              "found and what could have stood there instead, e.g. `expected '->' or a key`."),
-    "E002": ("unreadable", "The file could not be read as .l3m source: it is missing, a directory, not UTF-8 text,\n"
-             "holds NUL bytes, or is larger than the front end accepts (16 MiB)."),
+    "E002": ("unreadable", "The file could not be read as .l3m source: it is missing, its name (or the target of\n"
+             "its symlink) does not end in `.l3m`, it is not a regular file (a directory, named pipe, device\n"
+             "or socket; these are refused without being opened), it is not UTF-8 text, holds NUL bytes, or\n"
+             "is larger than the front end accepts (16 MiB). Messages never quote such a file's contents."),
     "E003": ("version", "A file starts with `l3m 1`, the version of the language it is written in."),
-    "E004": ("too-deep", "Expressions or lists nest deeper than 64 levels. Split them with `let`."),
+    "E004": ("too-deep", "Expressions or lists nest deeper than 64 levels (brackets in the source, or lists inside\n"
+             "lists in a value built from `let`s), or templates instantiate templates more than 32 levels deep\n"
+             "(a template that instantiates itself). Split deep expressions with `let`."),
     "E101": ("unwritten-key", "A block, loss or metric reads a key that no data source, generator or block writes.\n"
              "Check the spelling (a suggestion is shown when one is close) or add the writer.\n\n"
              "    trunk { t: Transformer(...) tokns -> x }   # error: 'tokns' is never written"),
@@ -51,7 +55,31 @@ CODES: dict[str, tuple[str, str]] = {
              "a name in an imported namespace, nor (inside `${...}`) an environment variable."),
     "E404": ("evaluation", "An expression cannot be evaluated: division by zero, arithmetic on a string, a\n"
              "`let` that depends on itself."),
-    "E405": ("extension", "An extension module named by `extension \"...\"` could not be imported."),
+    "E405": ("extension", "An extension module named by `extension \"...\"` could not be imported, or (in lint and\n"
+             "graph, which read it without importing it) its source could not be found or parsed. `lint` and\n"
+             "`graph` search sys.path, then the .l3m file's folder, the project root and the current folder."),
+    "E410": ("import-not-l3m", "An `import` names a file whose name does not end in `.l3m`, or a symlink to such a\n"
+             "file. Only .l3m sources are imported, and the file is refused before it is read, so no part of\n"
+             "it (say, the first line of /etc/shadow) can appear in a message."),
+    "E411": ("import-special-file", "An `import` names a directory, named pipe (FIFO), device or socket. Only regular\n"
+             "files are imported; special files are refused after `stat`, without being opened, so that a pipe\n"
+             "or /dev/zero cannot make the compiler hang or fill memory."),
+    "E412": ("import-too-large", "An imported file is larger than 16 MiB, the most the front end reads from one file."),
+    "E413": ("import-not-text", "An imported file is not UTF-8 text, or contains NUL bytes. It is refused before it is\n"
+             "parsed, so none of its contents appear in a message."),
+    "E420": ("secret-variable", "`${NAME}` names an environment variable that looks like a credential: its name\n"
+             "contains KEY, TOKEN, SECRET, PASSWORD, PASSWD, PASSPHRASE, CREDENTIAL or AUTH (any case,\n"
+             "anywhere in the name, so MONKEY and AUTHOR are refused too; the word TOKENIZER alone is exempt,\n"
+             "so TOKENIZER_PATH is read). Interpolated values end up in the\n"
+             "resolved program, the run directory, wandb's config and the run name, so such variables are\n"
+             "never read, set or not, with or without a `:-default`. A `let` of that name is fine; tools that\n"
+             "need a credential (wandb: WANDB_API_KEY) read it from the environment themselves."),
+    "E430": ("too-large", "Evaluating an expression would build something too large: a value holding more than\n"
+             "1,000,000 items (list elements at every level of nesting, string characters), an integer of\n"
+             "more than 1024 bits (about 1.8e308; `**` is checked before it is computed), an integer literal\n"
+             "of more than 320 digits, more than 100,000,000 list elements and characters built by the\n"
+             "whole program, or more than 20,000 nodes once templates are expanded. These bounds keep\n"
+             "compiling any file fast and small."),
     "E501": ("bad-override", "A command-line override names a path that does not exist in the program, or its\n"
              "value is malformed. Paths: `name` (a let), `train.steps`, `mesh.tp`, `optimizer.lr`,\n"
              "`data.train.batch_size`, `model.trunk.blocks.depth`, `loss.text.weight`, ..."),
@@ -62,12 +90,28 @@ CODES: dict[str, tuple[str, str]] = {
     "E603": ("section", "A section appears twice, e.g. two `optimizer` lines or two `mesh` blocks."),
     "E701": ("incomplete", "The program lacks something the command needs, e.g. `train` needs a data source\n"
              "named `train`, a model, a loss and an optimizer."),
+    "E811": ("tokenizer", "A data source's `tokenizer` cannot be used: the file or folder does not exist, it is not\n"
+             "a Hugging Face tokenizer.json or a SentencePiece .model, or it lacks a token its policy needs\n"
+             "(captions end with EOS). Paths are relative to the working directory; `l3m tokenizer list`\n"
+             "names the shipped tokenizers. `tokenizer = \"\"` (an unset `${VAR:-}`) is left to run time."),
+    "E812": ("vocab-size", "A `vocab` argument (TokenEmbedding, LMHead, a decoder's vocabulary) is smaller than the\n"
+             "vocabulary of the tokenizer the data is encoded with, so some token ids would index past the\n"
+             "embedding or never be predicted. Set it to `l3m tokenizer info TOKENIZER`'s size or larger.\n\n"
+             "    train: TextBytes(tokenizer = \"stdlib_bpe_2k\") -> tokens, targets\n"
+             "    embed: TokenEmbedding(vocab = 256, dim = 64) tokens -> x   # error: 2048 tokens"),
+    "E813": ("special-id", "A special token id the file names is not what the tokenizer has: an `eos_id`, `pad_id`,\n"
+             "`bos_id` or `ignore_index` outside the vocabulary; an `eos_id` (EOS pooling) other than the EOS\n"
+             "the captions end with; a caption loss's `ignore_index` other than the padding id; or a\n"
+             "`pad_token` the tokenizer lacks. `l3m tokenizer info TOKENIZER` prints the special ids."),
     "W101": ("unused-output", "A key written by a block or generator is never read by anything later. Remove the\n"
              "binding, or read it (for example in a loss or metric)."),
     "W102": ("unused-declaration", "A key declared in `keys { ... }` is never written."),
     "W103": ("unused-import", "An imported namespace is never used."),
-    "N001": ("extension-loaded", "Reports each extension module that the file imports, so reviewers see what\n"
-             "Python code a run will load."),
+    "W104": ("extension-unchecked", "`lint` and `graph` read extension modules from source and never run them. Where\n"
+             "the source does not tell (outputs computed at import, a base class from another package,\n"
+             "**kwargs, a registration with a computed name), the message says which check was skipped."),
+    "N001": ("extension-loaded", "Reports each extension module that the file names, so reviewers see what\n"
+             "Python code a run will load. `lint` and `graph` only read it; plan, train, eval and export import it."),
 }
 
 

@@ -12,6 +12,7 @@ from lark import Token, Transformer, v_args
 from l3m.dsl import ast
 from l3m.dsl.diagnostics import Diagnostic, did_you_mean
 from l3m.dsl.ir import Span
+from l3m.dsl.limits import INT_TOO_LARGE, MAX_DEPTH, MAX_INT_BITS, MAX_INT_DIGITS
 
 try:  # Cython-compiled LALR tables and lexer: the same parser, about twice as fast
     import lark_cython
@@ -20,7 +21,6 @@ try:  # Cython-compiled LALR tables and lexer: the same parser, about twice as f
 except ImportError:  # pragma: no cover - the pure-Python parser is the fallback
     ACCELERATED = False
 
-MAX_DEPTH = 64
 LANGUAGE_VERSION = 1
 
 
@@ -203,9 +203,21 @@ class _ToAst(Transformer):
         return Span(a.file, a.line, a.col, b.end_line, b.end_col)
 
     # ---------------------------------------------------------------- expressions
+    def _int(self, tok: Token) -> int:
+        """An INT token's value; absurdly long literals are refused before Python converts them."""
+        digits = str(tok).replace("_", "").lstrip("0") or "0"
+        if len(digits) > MAX_INT_DIGITS:
+            raise ParseFailure(Diagnostic("E430", f"this integer has {len(digits):,} digits; integer literals are "
+                                          f"limited to {MAX_INT_DIGITS}", self._tok(tok)))
+        value = int(digits)
+        if value.bit_length() > MAX_INT_BITS:
+            raise ParseFailure(Diagnostic("E430", f"this integer has {value.bit_length():,} bits; {INT_TOO_LARGE}",
+                                          self._tok(tok)))
+        return value
+
     @v_args(inline=True)
     def int_(self, tok):
-        return ast.Const(self._tok(tok), int(str(tok).replace("_", "")))
+        return ast.Const(self._tok(tok), self._int(tok))
 
     @v_args(inline=True)
     def float_(self, tok):
@@ -382,7 +394,7 @@ class _ToAst(Transformer):
         return ast.KeyDeclAst(str(name), self._tok(name), str(dtype), shape)
 
     def shape(self, dims):
-        return [int(str(d)) if d.type == "INT" else str(d) for d in dims[1:] if d is not None]
+        return [self._int(d) if d.type == "INT" else str(d) for d in dims[1:] if d is not None]
 
     def data(self, nodes):
         return ("data", nodes)
@@ -409,7 +421,11 @@ class _ToAst(Transformer):
 
     def program(self, children):
         version, *items = children
-        mod = ast.Module(self.file, int(str(version).replace("_", "")), self._tok(version))
+        digits = str(version).replace("_", "").lstrip("0") or "0"
+        if len(digits) > 9:
+            raise ParseFailure(Diagnostic("E003", f"this is l3m language version {LANGUAGE_VERSION}; the file asks "
+                                          f"for a version of {len(digits):,} digits", self._tok(version)))
+        mod = ast.Module(self.file, int(digits), self._tok(version))
         for item in items:
             if isinstance(item, ast.LetDecl):
                 mod.lets.append(item)

@@ -9,26 +9,57 @@ node is held against the registry: its name, its constructor's arguments and its
 from __future__ import annotations
 
 import contextlib
-import importlib
+import math
+import operator
 import os
 import re
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from l3m import registry
 from l3m.config import SECTION_SCHEMAS, section_fields
 from l3m.dsl import ast
 from l3m.dsl.diagnostics import Diagnostic, SourceCache, did_you_mean
+from l3m.dsl.ext_locate import import_extension, search_roots
+from l3m.dsl.ext_static import StaticEntry, read_extension
 from l3m.dsl.ir import STAGES, Binding, Call, KeyDecl, ModelInfo, Node, Program, Section, Span
+from l3m.dsl.limits import (
+    INT_TOO_LARGE,
+    MAX_BUILT,
+    MAX_DEPTH,
+    MAX_FILE_BYTES,
+    MAX_INSTANCE_DEPTH,
+    MAX_INT_BITS,
+    MAX_NODES,
+    MAX_VALUE_SIZE,
+    SECRET_WORDS,
+    int_weight,
+    measure,
+    power_too_large,
+    secret_word,
+)
 from l3m.dsl.parser import LANGUAGE_VERSION, ParseFailure, parse, parse_expr
+from l3m.dsl.source import SourceRefused, read_source
 from l3m.dsl.typecheck import Symbol, describe, mismatch
 
-MAX_FILE_BYTES = 16 * 1024 * 1024
 # Which registry kinds a node may name, by where it stands.
 ROLE_KINDS = {"data": ("source", "generator"), "block": ("block",), "loss": ("loss",), "metric": ("metric",),
               "optimizer": ("optimizer",), "schedule": ("schedule",)}
 _INTERP = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*)(:-([^}]*))?\}")
+
+
+# Why an imported file is refused -> its code (the file given on the command line gets E002).
+_REFUSED = {"suffix": "E410", "special": "E411", "size": "E412", "text": "E413"}
+_REFUSED_HELP = {
+    "suffix": "only .l3m files can be imported",
+    "special": "import regular .l3m files; pipes, devices, sockets and directories are not read",
+    "size": f"split the file; the limit is {MAX_FILE_BYTES // (1024 * 1024)} MiB",
+    "text": ".l3m files are UTF-8 text",
+}
+
+
+_ARITH = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "//": operator.floordiv,
+          "%": operator.mod, "**": operator.pow}
 
 
 class _Fail(Exception):
@@ -53,6 +84,7 @@ class _ModuleScope:
     values: dict[str, Any] = field(default_factory=dict)
     evaluating: set[str] = field(default_factory=set)
     used_imports: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)  # lets whose evaluation failed (and was reported)
 
 
 @dataclass
@@ -74,25 +106,9 @@ class Result:
         return not any(d.is_error for d in self.diagnostics)
 
 
-def read_source(path: str) -> str:
-    """Read a `.l3m` file, refusing what is not reasonable source text (raises OSError/ValueError)."""
-    p = Path(path)
-    if p.is_dir():
-        raise IsADirectoryError(f"'{path}' is a directory")
-    size = p.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ValueError(f"'{path}' is {size} bytes; .l3m files are limited to {MAX_FILE_BYTES // (1024 * 1024)} MiB")
-    data = p.read_bytes()
-    if b"\0" in data:
-        raise ValueError(f"'{path}' is not a text file (it contains NUL bytes)")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"'{path}' is not UTF-8 text (invalid byte at offset {e.start})") from None
-
-
 class Resolver:
-    def __init__(self, overrides: list[str] | tuple[str, ...] = (), extensions: tuple[str, ...] = ()):
+    def __init__(self, overrides: list[str] | tuple[str, ...] = (), extensions: tuple[str, ...] = (),
+                 import_extensions: bool = False):
         self.diags: list[Diagnostic] = []
         self.sources = SourceCache()
         self.modules: dict[str, _ModuleScope] = {}
@@ -103,9 +119,17 @@ class Resolver:
         self.overrides: dict[str, _Override] = {}
         self.valid_paths: set[str] = set()
         self.cli_extensions = extensions
+        # False: extension modules are read with `ast` (never run); True: imported (plan/train/eval/export).
+        self.import_extensions = import_extensions
+        self.static_entries: dict[str, StaticEntry] = {}
+        self.static_reported: set[str] = set()
         self.program: Program | None = None
         self.index = 0
         self.paths: set[str] = set()  # node and model paths taken so far
+        self.measures: dict[int, tuple[list, int, int]] = {}  # id -> (list, size, depth) of looked-up lists
+        self.built = 0  # list elements and characters built so far (limits.MAX_BUILT)
+        self.prefetching = False
+        self.too_many_nodes = False
 
     # ------------------------------------------------------------------ diagnostics
     def error(self, code: str, message: str, span: Span | None, help: str | None = None,
@@ -130,6 +154,11 @@ class Resolver:
         except FileNotFoundError:
             code = "E401" if import_span else "E002"
             self.error(code, f"cannot read '{path}': no such file", import_span)
+            return None
+        except SourceRefused as e:  # never parsed, so nothing of its contents can show in a message
+            code = _REFUSED[e.kind] if import_span else "E002"
+            self.error(code, f"cannot {'import' if import_span else 'read'} '{path}': it {e.reason}", import_span,
+                       _REFUSED_HELP[e.kind] if import_span else None)
             return None
         except (OSError, ValueError) as e:
             code = "E401" if import_span else "E002"
@@ -178,68 +207,132 @@ class Resolver:
 
     # ------------------------------------------------------------------ evaluation
     def eval(self, expr: ast.Expr, env: _Env, symbols: bool = True) -> Any:
+        return self._eval(expr, env, symbols)[0]
+
+    def _eval(self, root: ast.Expr, env: _Env, symbols: bool) -> tuple[Any, int, int]:
+        """(value, size, depth), see `limits.measure`. Iterative: a 10,000-term sum is a tree
+        10,000 deep. Sizes are known before a list or string is built, so limits hold by construction."""
         try:
-            return self._eval(expr, env, symbols)
-        except RecursionError:
-            self.error("E004", "the expression nests too deeply", expr.span)
+            return self._eval_iter(root, env, symbols)
+        except RecursionError:  # a last resort; nothing here should recurse deeply
+            self.error("E004", "the expression nests too deeply", root.span)
             raise _Fail from None
 
-    def _eval(self, e: ast.Expr, env: _Env, symbols: bool) -> Any:
-        if isinstance(e, ast.Const):
-            return e.value
-        if isinstance(e, ast.Str):
-            return self._interpolate(e, env)
-        if isinstance(e, ast.ListExpr):
-            return [self._eval(i, env, symbols) for i in e.items]
-        if isinstance(e, ast.Ref):
-            return self._lookup(e, env, symbols)
-        if isinstance(e, ast.Neg):
-            v = self._eval(e.operand, env, False)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                self.error("E404", f"cannot negate {describe(v)}", e.span)
-                raise _Fail
-            return -v
-        if isinstance(e, ast.BinOp):
-            a, b = self._eval(e.left, env, False), self._eval(e.right, env, False)
-            return self._binop(e, a, b)
-        raise AssertionError(f"unknown expression {type(e).__name__}")
+    def _eval_iter(self, root: ast.Expr, env: _Env, symbols: bool) -> tuple[Any, int, int]:
+        todo: list[tuple[ast.Expr, bool, bool]] = [(root, symbols, False)]
+        out: list[tuple[Any, int, int]] = []
+        while todo:
+            e, sym, ready = todo.pop()
+            if isinstance(e, ast.BinOp):
+                if not ready:  # left is evaluated first, then right, then the operator
+                    todo += [(e, sym, True), (e.right, False, False), (e.left, False, False)]
+                    continue
+                right = out.pop()
+                out.append(self._binop(e, out.pop(), right))
+            elif isinstance(e, ast.ListExpr):
+                if not ready:
+                    todo.append((e, sym, True))
+                    todo += [(i, sym, False) for i in reversed(e.items)]
+                    continue
+                items = out[len(out) - len(e.items):]
+                del out[len(out) - len(e.items):]
+                size = max(1, sum(s for _, s, _ in items))
+                depth = 1 + max((d for _, _, d in items), default=0)
+                self._check_size(size, depth, e.span)
+                self._charge(len(items), e.span)
+                out.append(([v for v, _, _ in items], size, depth))
+            elif isinstance(e, ast.Neg):
+                if not ready:
+                    todo += [(e, sym, True), (e.operand, False, False)]
+                    continue
+                v, size, depth = out.pop()
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    self.error("E404", f"cannot negate {describe(v)}", e.span)
+                    raise _Fail
+                out.append((-v, size, depth))
+            elif isinstance(e, ast.Const):
+                out.append(self._measured(e.value))
+            elif isinstance(e, ast.Str):
+                text = self._interpolate(e, env)
+                self._check_size(len(text), 0, e.span)
+                out.append((text, max(1, len(text)), 0))
+            elif isinstance(e, ast.Ref):
+                out.append(self._measured(self._lookup(e, env, sym)))
+            else:
+                raise AssertionError(f"unknown expression {type(e).__name__}")
+        return out[0]
 
-    def _binop(self, e: ast.BinOp, a: Any, b: Any) -> Any:
+    def _measured(self, value: Any) -> tuple[Any, int, int]:
+        """A value with its (size, depth); lists are measured once (the cache keeps them, so ids stay unique)."""
+        if isinstance(value, list):
+            hit = self.measures.get(id(value))
+            if hit is None or hit[0] is not value:
+                hit = (value, *measure(value))
+                self.measures[id(value)] = hit
+            return hit
+        if isinstance(value, str):
+            return value, max(1, len(value)), 0
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, int_weight(value), 0
+        return value, 1, 0
+
+    def _check_size(self, size: int, depth: int, span: Span) -> None:
+        if depth > MAX_DEPTH:
+            self.error("E004", f"this value nests lists deeper than {MAX_DEPTH} levels", span)
+            raise _Fail
+        if size > MAX_VALUE_SIZE:
+            self.error("E430", f"this value would hold about {size:,} items; values are limited to "
+                       f"{MAX_VALUE_SIZE:,} (list elements at every level, string characters)", span)
+            raise _Fail
+
+    def _charge(self, count: int, span: Span) -> None:
+        """Count what the program builds in all, so that many steps of allowed size stay bounded too."""
+        self.built += count
+        if self.built > MAX_BUILT:
+            self.error("E430", f"the program builds more than {MAX_BUILT:,} list elements and string "
+                       "characters in all", span)
+            raise _Fail
+
+    def _binop(self, e: ast.BinOp, left: tuple[Any, int, int], right: tuple[Any, int, int]) -> tuple[Any, int, int]:
+        (a, sa, da), (b, sb, db) = left, right
         num = (int, float)
         if e.op == "+" and isinstance(a, str) and isinstance(b, str):
-            return a + b
+            self._check_size(len(a) + len(b), 0, e.span)
+            self._charge(len(a) + len(b), e.span)
+            return self._measured(a + b)
         if e.op == "+" and isinstance(a, list) and isinstance(b, list):
-            return a + b
+            size, depth = max(1, (sa if a else 0) + (sb if b else 0)), max(da, db)
+            self._check_size(size, depth, e.span)
+            self._charge(len(a) + len(b), e.span)
+            return a + b, size, depth
         if e.op == "*" and isinstance(a, list) and isinstance(b, int) and not isinstance(b, bool):
-            return a * b
+            n = max(b, 0)
+            size, depth = max(1, (sa if a else 0) * n), (da if n and a else 1)
+            self._check_size(size, depth, e.span)  # before `a * b` allocates anything
+            self._charge(len(a) * n, e.span)
+            return a * n, size, depth
         if not (isinstance(a, num) and isinstance(b, num)) or isinstance(a, bool) or isinstance(b, bool):
             self.error("E404", f"cannot apply '{e.op}' to {describe(a)} and {describe(b)}", e.span)
             raise _Fail
+        if e.op == "**" and power_too_large(a, b):
+            self.error("E430", f"the result would have about {int(b * math.log2(abs(a))):,} bits; {INT_TOO_LARGE}",
+                       e.span)
+            raise _Fail
         try:
-            if e.op == "+":
-                return a + b
-            if e.op == "-":
-                return a - b
-            if e.op == "*":
-                return a * b
-            if e.op == "/":
-                return a / b
-            if e.op == "//":
-                return a // b
-            if e.op == "%":
-                return a % b
-            if e.op == "**":
-                if abs(b) > 64 or abs(a) > 2**32:
-                    self.error("E404", "exponent too large", e.span)
-                    raise _Fail
-                return a**b
+            result = _ARITH[e.op](a, b)
         except ZeroDivisionError:
             self.error("E404", "division by zero", e.span)
             raise _Fail from None
         except OverflowError:
-            self.error("E404", "the result is too large", e.span)
+            self.error("E404", "the result is too large for a number", e.span)
             raise _Fail from None
-        raise AssertionError(e.op)
+        if isinstance(result, complex):
+            self.error("E404", "the result is not a real number", e.span)
+            raise _Fail
+        if isinstance(result, int) and result.bit_length() > MAX_INT_BITS:
+            self.error("E430", f"the result has {result.bit_length():,} bits; {INT_TOO_LARGE}", e.span)
+            raise _Fail
+        return self._measured(result)
 
     def _lookup(self, ref: ast.Ref, env: _Env, symbols: bool) -> Any:
         parts = ref.parts
@@ -265,9 +358,16 @@ class Resolver:
     def _let_value(self, scope: _ModuleScope, name: str) -> Any:
         if name in scope.values:
             return scope.values[name]
+        if name in scope.failed:  # already reported
+            raise _Fail
         let = scope.lets[name]
         if name in scope.evaluating:
             self.error("E404", f"'{name}' depends on itself", let.span)
+            raise _Fail
+        if not self.prefetching:
+            self._prefetch(scope, name)
+            if name in scope.values:
+                return scope.values[name]
             raise _Fail
         scope.evaluating.add(name)
         try:
@@ -276,13 +376,82 @@ class Resolver:
             if ov is not None:
                 ov.used = True
                 expr = ov.expr
-            value = self._eval(expr, _Env(self.main if ov else scope), True)
+            value, size, depth = self._eval(expr, _Env(self.main if ov else scope), True)
+        except _Fail:
+            scope.failed.add(name)
+            raise
         finally:
             scope.evaluating.discard(name)
         scope.values[name] = value
+        if isinstance(value, list):
+            self.measures[id(value)] = (value, size, depth)
         return value
 
+    def _let_deps(self, scope: _ModuleScope, name: str) -> list[tuple[_ModuleScope, str]]:
+        """The lets that a let's expression (or its override) names, found without evaluating it."""
+        expr, where = scope.lets[name].value, scope
+        ov = self.overrides.get(name) if scope is self.main else None
+        if ov is not None:
+            expr, where = ov.expr, self.main
+        deps = []
+        for e in _walk(expr):
+            if isinstance(e, ast.Ref):
+                names = [e.parts]
+            elif isinstance(e, ast.Str):
+                names = [m.group(1).split(".") for m in _INTERP.finditer(e.raw)]
+            else:
+                continue
+            for parts in names:
+                if len(parts) == 1 and parts[0] in where.lets:
+                    deps.append((where, parts[0]))
+                elif len(parts) == 2 and parts[0] in where.imports and parts[1] in where.imports[parts[0]].lets:
+                    deps.append((where.imports[parts[0]], parts[1]))
+        return deps
+
+    def _prefetch(self, scope: _ModuleScope, name: str) -> None:
+        """Evaluate the lets that `name` needs, deepest first, so that a chain of 10,000 lets written
+        in reverse order never recurses. A cycle is reported where it closes."""
+        self.prefetching = True
+        try:
+            order: list[tuple[_ModuleScope, str]] = []
+            state: dict[tuple[int, str], int] = {(id(scope), name): 1}  # 1: on the path, 2: finished
+            path = [(scope, name)]
+            stack = [((scope, name), iter(self._let_deps(scope, name)))]
+            while stack:
+                node, deps = stack[-1]
+                for s, n in deps:
+                    key = (id(s), n)
+                    if n in s.values or n in s.failed or state.get(key) == 2:
+                        continue
+                    if state.get(key) == 1:
+                        i = next(j for j, (ps, pn) in enumerate(path) if ps is s and pn == n)
+                        for ps, pn in path[i:]:
+                            ps.failed.add(pn)
+                        self.error("E404", f"'{n}' depends on itself", s.lets[n].span)
+                        continue
+                    state[key] = 1
+                    path.append((s, n))
+                    stack.append(((s, n), iter(self._let_deps(s, n))))
+                    break
+                else:
+                    stack.pop()
+                    path.pop()
+                    state[(id(node[0]), node[1])] = 2
+                    order.append(node)
+            for s, n in order:
+                if n not in s.values and n not in s.failed:
+                    with contextlib.suppress(_Fail):
+                        self._let_value(s, n)
+        finally:
+            self.prefetching = False
+
     def _interpolate(self, s: ast.Str, env: _Env) -> str:
+        quoted = s.span.line == s.span.end_line and s.span.end_col - s.span.col == len(s.raw) + 2
+
+        def where(m: re.Match) -> Span:
+            col = s.span.col + int(quoted) + m.start()
+            return Span(s.span.file, s.span.line, col, s.span.line, col + len(m.group(0)), s.span.chain)
+
         def sub(m: re.Match) -> str:
             name, default = m.group(1), m.group(3)
             parts = name.split(".")
@@ -290,15 +459,24 @@ class Resolver:
                     len(parts) == 2 and parts[0] in env.scope.imports):
                 value = self._lookup(ast.Ref(s.span, parts), env, False)
                 return str(value)
+            word = secret_word(name)
+            if word is not None:  # refused whether or not it is set: its value must reach no record
+                self.error("E420", f"'${{{name}}}' looks like a credential (its name contains '{word}'); "
+                           "environment variables holding secrets are not read into programs", where(m),
+                           f"names containing {', '.join(SECRET_WORDS)} are refused; pass credentials to the "
+                           "tools that need them through their own environment (e.g. WANDB_API_KEY)")
+                raise _Fail
             if name in os.environ:
                 return os.environ[name]
             if default is not None:
                 return default
-            self.error("E403", f"'${{{name}}}' is neither a let nor a set environment variable", s.span,
+            self.error("E403", f"'${{{name}}}' is neither a let nor a set environment variable", where(m),
                        f"give a default: \"${{{name}:-value}}\"")
             raise _Fail
 
-        return _INTERP.sub(sub, s.raw)
+        text = _INTERP.sub(sub, s.raw)
+        self._charge(len(text), s.span)
+        return text
 
     # ------------------------------------------------------------------ overrides
     def _parse_overrides(self) -> None:
@@ -314,8 +492,12 @@ class Resolver:
             vcol = len(text) - len(value.lstrip()) + 1
             try:
                 expr = parse_expr(value.strip() or '""', file)
-            except ParseFailure:
-                expr = ast.Str(Span(file, 1, vcol, 1, len(text) + 1), value.strip().replace("\\", "\\\\"))
+            except ParseFailure as e:
+                if e.diagnostic.code == "E430":  # a huge number is refused, not read as a string
+                    span = e.diagnostic.span
+                    self.error("E430", e.diagnostic.message, span and _shift_span(span, vcol - 1))
+                    continue
+                expr = ast.Str(Span(file, 1, 1, 1, len(value.strip()) + 1), value.strip().replace("\\", "\\\\"))
             expr = _shift(expr, vcol - 1)
             if path in self.overrides:
                 self.error("E501", f"'{path}' is overridden twice", whole)
@@ -337,6 +519,7 @@ class Resolver:
 
     # ------------------------------------------------------------------ the program
     def resolve(self, path: str) -> Result:
+        self.path = path
         self._parse_overrides()
         scope = self.load(path)
         if scope is None:
@@ -386,13 +569,43 @@ class Resolver:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", module):
                 self.error("E405", f"'{module}' is not a Python module name", span)
                 continue
+            if not self.import_extensions:
+                self._read_extension(module, span, prog)
+                continue
             try:
-                importlib.import_module(module)
+                import_extension(module, search_roots(self.path))
             except Exception as e:  # an extension's own failure, reported rather than raised
                 self.error("E405", f"extension '{module}' could not be imported: {type(e).__name__}: {e}", span)
                 continue
             prog.extensions.append((module, span))
             self.error("N001", f"loads extension module '{module}'", span)
+
+    def _read_extension(self, module: str, span: Span | None, prog: Program) -> None:
+        """Take an extension's entries from its source: checking a file never runs project code."""
+        ext = read_extension(module, search_roots(self.path))
+        if ext.error:
+            self.error("E405", f"extension '{module}' cannot be read, so it would not import: {ext.error}", span)
+            return
+        for text in ext.warnings:
+            self.error("W104", f"extension '{module}': {text}", span)
+        self.static_entries.update(ext.entries)
+        prog.extensions.append((module, span))
+        self.error("N001", f"reads extension module '{module}' without importing it "
+                   f"({len(ext.entries)} entr{'y' if len(ext.entries) == 1 else 'ies'})", span)
+
+    def _entry(self, name: str) -> registry.Entry | StaticEntry | None:
+        """A registered name: extension entries read from source first, then the registry."""
+        return self.static_entries.get(name) or registry.lookup(name)
+
+    def _names(self, kind: str) -> list[str]:
+        return registry.names(kind) + [n for n, e in self.static_entries.items() if e.kind == kind]
+
+    def _report_skipped(self, entry: registry.Entry | StaticEntry, span: Span) -> None:
+        """Once per extension entry: which checks its source could not support (W104)."""
+        if isinstance(entry, StaticEntry) and entry.skipped and entry.name not in self.static_reported:
+            self.static_reported.add(entry.name)
+            for text in entry.skipped:
+                self.error("W104", text, span)
 
     def _sections(self, mod: ast.Module, env: _Env, prog: Program) -> None:
         seen: dict[str, ast.SectionDecl] = {}
@@ -466,6 +679,15 @@ class Resolver:
     def _instance(self, inst: ast.ModelInst, env: _Env, parent: str | None, key_map: dict[str, str] | None,
                   override_prefix: str) -> None:
         path = f"{parent}.{inst.name}" if parent else inst.name
+        if len(self.context) >= MAX_INSTANCE_DEPTH:
+            self.error("E004", f"templates instantiate templates more than {MAX_INSTANCE_DEPTH} levels deep",
+                       inst.span, "does a template instantiate itself?")
+            return
+        if len(self.program.nodes) > MAX_NODES:
+            if not self.too_many_nodes:  # said once; the remaining instances are skipped
+                self.error("E430", f"expanding templates makes more than {MAX_NODES:,} nodes", inst.span)
+            self.too_many_nodes = True
+            return
         d, def_scope = self._find_def(inst.call, env)
         if d is None:
             return
@@ -546,7 +768,7 @@ class Resolver:
         name = call.parts[-1]
         if name in scope.defs:
             return scope.defs[name], scope
-        entry = registry.lookup(name)
+        entry = self._entry(name)
         if entry is not None:
             self.error("E202", f"'{name}' is {registry.KIND_PHRASE[entry.kind]}, not a template; "
                        "put blocks inside a stage", call.span)
@@ -573,7 +795,7 @@ class Resolver:
             self.index += 1
             prog.nodes.append(stub)
             return
-        entry = registry.lookup(call.type_name)
+        entry = self._entry(call.type_name)
         role = entry.kind if where == "data" else where
         weight = 1.0
         if where == "loss":
@@ -598,8 +820,10 @@ class Resolver:
             self.error("E301", f"data source '{entry.name}' reads no keys", node.reads[0].span)
         prog.nodes.append(node)
 
-    def _bind(self, refs: list[ast.KeyRef], entry: registry.Entry, ports, direction: str, call_span: Span,
-              key_map: dict[str, str] | None) -> list[Binding]:
+    def _bind(self, refs: list[ast.KeyRef], entry: registry.Entry | StaticEntry, ports, direction: str,
+              call_span: Span, key_map: dict[str, str] | None) -> list[Binding]:
+        if ports is None:  # an extension entry whose ports its source does not tell: bound unchecked
+            return [Binding(self._map_key(r.key, key_map), r.span, r.port, r.overwrite) for r in refs]
         out: list[Binding] = []
         names = [p.name for p in ports]
         variadic = next((p for p in ports if p.variadic), None)
@@ -643,13 +867,13 @@ class Resolver:
 
     def _call(self, c: ast.CallExpr, env: _Env, where: str, kinds: tuple[str, ...], override_path: str) -> Call | None:
         name = c.dotted
-        entry = registry.lookup(name) if len(c.parts) == 1 else None
+        entry = self._entry(name) if len(c.parts) == 1 else None
         if entry is None:
             if len(c.parts) > 1 or name in env.scope.defs:
                 self.error("E202", f"'{name}' is a template; instantiate it with `model NAME = {name}(...) ins -> outs`",
                            c.span)
                 return None
-            pool = [n for k in kinds for n in registry.names(k)]
+            pool = [n for k in kinds for n in self._names(k)]
             phrase = " or ".join(registry.KIND_PHRASE[k].split(" ", 1)[1] for k in kinds)
             self.error("E201", f"unknown {phrase} '{name}'", c.span,
                        did_you_mean(name, pool) or f"run `l3m blocks` to list {phrase}s")
@@ -658,6 +882,7 @@ class Resolver:
             phrase = " or ".join(registry.KIND_PHRASE[k] for k in kinds)
             self.error("E202", f"'{name}' is {registry.KIND_PHRASE[entry.kind]}, but {phrase} is expected here", c.span)
             return None
+        self._report_skipped(entry, c.span)
         params = list(entry.signature.parameters.values())[registry.RUNTIME_PARAMS.get(entry.kind, 0):]
         by_name = {p.name: p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
         accepts_any = any(p.kind is p.VAR_KEYWORD for p in params)
@@ -755,6 +980,10 @@ def _shift(expr: ast.Expr, cols: int) -> ast.Expr:
     return expr
 
 
+def _shift_span(s: Span, cols: int) -> Span:
+    return Span(s.file, s.line, s.col + cols, s.end_line, s.end_col + cols)
+
+
 def _walk(expr: ast.Expr):
     stack = [expr]
     while stack:
@@ -768,8 +997,14 @@ def _walk(expr: ast.Expr):
             stack.append(e.operand)
 
 
-def resolve(path: str, overrides: list[str] | tuple[str, ...] = (), extensions: tuple[str, ...] = ()) -> Result:
-    return Resolver(overrides, extensions).resolve(path)
+def resolve(path: str, overrides: list[str] | tuple[str, ...] = (), extensions: tuple[str, ...] = (),
+            import_extensions: bool = False) -> Result:
+    resolver = Resolver(overrides, extensions, import_extensions)
+    try:
+        return resolver.resolve(path)
+    except RecursionError:  # a last resort: what input can make deep is walked without recursion
+        resolver.error("E004", "the program nests too deeply to compile", None)
+        return Result(None, resolver.diags, resolver.sources)
 
 
 __all__ = ["Result", "resolve", "read_source", "STAGES"]

@@ -8,6 +8,7 @@ of a sound program is always a DAG. Declaration order breaks ties, so the order 
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -80,16 +81,19 @@ def dataflow(program: Program) -> Dataflow:
     # Pass 2: every read sees one version.
     reads: dict[tuple[str, int], Write] = {}
     all_keys = list(writes)
+    # Writes of a key are in node order: bisect, so that a key written by thousands of nodes stays linear.
+    write_index = {k: [w.node.index for w in ws] for k, ws in writes.items()}
     for n in nodes:
         for i, b in enumerate(n.reads):
-            versions = [w for w in writes.get(b.key, []) if w.node is not n]
-            if not versions:
+            versions = writes.get(b.key, [])
+            before = bisect.bisect_left(write_index.get(b.key, []), n.index)  # n's own writes are not before it
+            # the latest write before n, else the first by another node
+            w = versions[before - 1] if before else next((v for v in versions if v.node is not n), None)
+            if w is None:
                 what = "nothing writes" if b.key not in writes else "only it writes"
                 diags.append(Diagnostic("E101", f"{_what(n)} reads key '{b.key}', which {what}", b.span,
                                         did_you_mean(b.key, all_keys)))
                 continue
-            earlier = [w for w in versions if w.node.index < n.index]
-            w = earlier[-1] if earlier else versions[0]
             reads[(n.path, i)] = w
             w.readers.append(n)
             g.add_edge(key_node(b.key, w.version), n.path, key=b.key)

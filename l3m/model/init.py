@@ -14,8 +14,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-InitStyle = Literal["xavier_uniform", "trunc_normal", "normal", "fan_in_depth"]
-INIT_STYLES: tuple[str, ...] = ("xavier_uniform", "trunc_normal", "normal", "fan_in_depth")
+InitStyle = Literal["xavier_uniform", "trunc_normal", "normal", "fan_in_depth", "fan_in_depth_scaled", "pytorch"]
+INIT_STYLES: tuple[str, ...] = ("xavier_uniform", "trunc_normal", "normal", "fan_in_depth", "fan_in_depth_scaled",
+                                "pytorch")
+# The std of a standard normal truncated to [-2, 2] (timm's `variance_scaling_` divides by it).
+_TRUNC2_STD = 0.87962566103423978
 
 
 def check_style(init: str) -> str:
@@ -30,6 +33,12 @@ def init_weight_(weight: torch.Tensor, init: str, std: float = 0.02, fan_in: int
     `depth > 0` marks the output projection of a residual branch in a `depth`-layer network;
     with "fan_in_depth" its std is further scaled by 1/sqrt(2*depth) so that the residual
     stream's variance stays flat with depth.
+
+    "fan_in_depth_scaled" is ml-l3m's head init (timm's `variance_scaling_`, truncated normal):
+    variance 1 / ((1 + depth) * fan_in), cut at 2 of the untruncated stds. Here `depth` is the
+    network's depth, and a Transformer with this style gives it to EVERY linear (q/k/v, proj,
+    w1/w3/w2), as ml-l3m's `weight_init_style: fan_in_depth_scaled` trunk does. "pytorch" is
+    `nn.Linear`'s own default, U(+-1/sqrt(fan_in)) (kaiming-uniform with a = sqrt(5)).
     """
     check_style(init)
     with torch.no_grad():
@@ -43,6 +52,14 @@ def init_weight_(weight: torch.Tensor, init: str, std: float = 0.02, fan_in: int
             nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
         elif init == "normal":
             nn.init.normal_(weight, std=std)
+        elif init in ("fan_in_depth_scaled", "pytorch"):
+            fan_in = fan_in if fan_in is not None else weight.shape[-1]
+            if init == "pytorch":
+                bound = 1.0 / math.sqrt(fan_in)
+                nn.init.uniform_(weight, -bound, bound)
+            else:
+                s = math.sqrt(1.0 / ((1 + depth) * fan_in)) / _TRUNC2_STD
+                nn.init.trunc_normal_(weight, std=s, a=-2 * s, b=2 * s)
         else:  # fan_in_depth
             fan_in = fan_in if fan_in is not None else weight.shape[-1]
             s = 1.0 / math.sqrt(fan_in)
@@ -52,11 +69,16 @@ def init_weight_(weight: torch.Tensor, init: str, std: float = 0.02, fan_in: int
 
 
 def init_linear_(linear: nn.Linear, init: str, std: float = 0.02, depth: int = 0) -> None:
-    """A linear layer's weight in the given style and its bias at zero."""
+    """A linear layer's weight in the given style and its bias at zero ("pytorch": both as
+    `nn.Linear.reset_parameters`, the bias U(+-1/sqrt(fan_in)))."""
     init_weight_(linear.weight, init, std=std, fan_in=linear.in_features, depth=depth)
     if linear.bias is not None:
         with torch.no_grad():
-            linear.bias.zero_()
+            if init == "pytorch":
+                bound = 1.0 / math.sqrt(linear.in_features) if linear.in_features > 0 else 0.0
+                linear.bias.uniform_(-bound, bound)
+            else:
+                linear.bias.zero_()
 
 
 def init_model(model: nn.Module) -> nn.Module:

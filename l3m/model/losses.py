@@ -29,23 +29,28 @@ def patchify(image: torch.Tensor, patch: int) -> torch.Tensor:
 class PixelLoss(nn.Module):
     """Mean squared error between predicted and true patches (AIM's objective).
 
-    With `norm_pix` each target patch is standardised by its own mean and variance. The first
-    `prefix_len[b]` patches of sample b (its visible prefix) are not scored. With `shift`,
-    prediction i is scored against patch i+1 (next-patch prediction).
+    With `norm_pix` each target patch is standardised by its own mean and variance,
+    `(t - mean) / sqrt(var + eps)`; the variance is the unbiased one (divided by n - 1) as in
+    AIM's original RasterPixelLoss, or with `unbiased=false` the biased one (MAE's papers write
+    it so). The first `prefix_len[b]` patches of sample b (its visible prefix) are not scored.
+    With `shift`, prediction i is scored against patch i+1 (next-patch prediction). The mean is
+    over every scored patch of the batch (not per sample first).
     """
 
     outputs = ("loss",)
 
-    def __init__(self, patch: int, norm_pix: bool = True, eps: float = 1e-6, in_chans: int = 3, shift: bool = False):
+    def __init__(self, patch: int, norm_pix: bool = True, eps: float = 1e-6, in_chans: int = 3, shift: bool = False,
+                 unbiased: bool = True):
         super().__init__()
         self.patch, self.norm_pix, self.eps, self.in_chans, self.shift = patch, norm_pix, eps, in_chans, shift
+        self.unbiased = unbiased
 
     def target(self, image: torch.Tensor) -> torch.Tensor:
         if image.shape[1] != self.in_chans:
             raise ValueError(f"PixelLoss expects {self.in_chans} channels, got {image.shape[1]}")
         t = patchify(image.float(), self.patch)
         if self.norm_pix:
-            t = (t - t.mean(dim=-1, keepdim=True)) / (t.var(dim=-1, keepdim=True, unbiased=False) + self.eps).sqrt()
+            t = (t - t.mean(dim=-1, keepdim=True)) / (t.var(dim=-1, keepdim=True, unbiased=self.unbiased) + self.eps).sqrt()
         return t
 
     def forward(self, pred: torch.Tensor, image: torch.Tensor, prefix_len: torch.Tensor | None = None) -> torch.Tensor:

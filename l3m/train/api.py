@@ -52,7 +52,8 @@ def _print_diagnostics(rt: Runtime, diags: Sequence[Diagnostic], sources) -> Non
 
 def _compile(path: str, overrides: Sequence[str], rt: Runtime, extensions: Sequence[str]) -> Compiled | int:
     """The compiled program, or the exit code after printing why it cannot run."""
-    compiled = compile_file(path, list(overrides), world_size=rt.world_size, extensions=tuple(extensions))
+    compiled = compile_file(path, list(overrides), world_size=rt.world_size, extensions=tuple(extensions),
+                            import_extensions=True)  # running needs their code (a note on stderr says so)
     shown = [d for d in compiled.diagnostics if d.severity != "note"]
     _print_diagnostics(rt, shown, compiled.sources)
     if compiled.ok:

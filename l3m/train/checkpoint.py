@@ -10,6 +10,13 @@ A checkpoint is a directory `ckpt/step_000100/` holding:
 - `rank_<r>.json`: each rank's random-number generator states;
 - `COMPLETE`: a manifest (size and SHA-256 of every other file), written last.
 
+Opening one never runs code from it: the manifest is checked before any payload is read, the
+DCP `.metadata` goes through a restricted unpickler and tensors are read with
+`weights_only=True` (see `safe_dcp`). A checkpoint that is damaged (missing marker, a missing or
+changed file) is reported and, when the newest of a run, skipped; one that l3m cannot have
+written (a stray file, a symlink, a refused pickle) raises `UnsafeCheckpoint` and is never
+skipped silently.
+
 It is written into `step_000100.tmp/` and renamed only after the manifest is on disk, so a
 killed run leaves either a whole checkpoint or a `.tmp` directory that is ignored. On resume the
 newest checkpoint whose manifest matches its files is used; damaged ones are reported and
@@ -23,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -36,6 +44,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+
+from l3m.train.safe_dcp import (
+    SafeFileSystemReader,
+    TensorsOnlyPlanner,
+    UnsafeCheckpoint,
+    check_tree,
+    read_metadata,
+    refusal_reason,
+)
 
 MARKER = "COMPLETE"
 STATE_FILE = "state.json"
@@ -193,8 +211,12 @@ def write_manifest(directory: Path, step: int) -> None:
 
 
 def verify(directory: Path) -> str | None:
-    """None when the checkpoint is whole; otherwise why it cannot be used."""
+    """None when the checkpoint is whole; otherwise why it cannot be used (damage: a missing
+    marker, a missing or changed file). Raises `UnsafeCheckpoint` for what damage cannot explain:
+    a malformed manifest, files it does not list, symlinks, a refused `.metadata`."""
     marker = directory / MARKER
+    if marker.is_symlink():
+        raise UnsafeCheckpoint(f"{MARKER} is a symlink")
     if not marker.is_file():
         return f"no {MARKER} marker (the run stopped while writing it)"
     try:
@@ -202,7 +224,10 @@ def verify(directory: Path) -> str | None:
         files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"unreadable {MARKER} marker ({e})"
+    check_tree(directory, files, MARKER)
     for name, info in files.items():
+        if not (isinstance(info, dict) and isinstance(info.get("size"), int) and isinstance(info.get("sha256"), str)):
+            raise UnsafeCheckpoint(f"the {MARKER} manifest entry of {name} is malformed")
         p = directory / name
         if not p.is_file():
             return f"file {name} is missing"
@@ -213,11 +238,13 @@ def verify(directory: Path) -> str | None:
     for required in (STATE_FILE, ".metadata"):
         if required not in files:
             return f"the manifest lists no {required}"
-    try:
-        json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
-        dcp.FileSystemReader(str(directory)).read_metadata()
-    except Exception as e:  # noqa: BLE001 - any failure to read means the checkpoint is unusable
-        return f"unreadable ({type(e).__name__}: {e})"
+    for name in files:
+        if name.endswith(".json"):
+            try:
+                json.loads((directory / name).read_text(encoding="utf-8"))
+            except (ValueError, RecursionError) as e:
+                raise UnsafeCheckpoint(f"{name} is not valid JSON ({type(e).__name__})") from None
+    read_metadata(directory)
     return None
 
 
@@ -273,21 +300,35 @@ class CheckpointManager:
     def latest_valid(self) -> Found | None:
         """The newest checkpoint that verifies, reporting every damaged or partial one skipped."""
         choice: Found | None = None
+        refused: str | None = None  # an unsafe checkpoint stops every rank, not just rank 0
         if self.rank == 0:
-            for p in sorted(self.root.glob("step_*"), reverse=True) if self.root.is_dir() else []:
-                if p.is_dir() and _STEP_DIR.match(p.name) and not (p / MARKER).exists():
-                    self.report(f"checkpoint {p} is incomplete (no {MARKER} marker); ignoring it")
-            for found in self.complete():
-                problem = verify(found.path)
-                if problem is None:
-                    choice = found
-                    break
-                self.report(f"checkpoint {found.path} is damaged: {problem}; trying the previous one")
+            try:
+                choice = self._newest_valid()
+            except UnsafeCheckpoint as e:
+                refused = str(e)
         if _is_dist():
-            box = [choice]
+            box = [(choice, refused)]
             dist.broadcast_object_list(box, src=0)
-            choice = box[0]
+            choice, refused = box[0]
+        if refused is not None:
+            raise UnsafeCheckpoint(refused)
         return choice
+
+    def _newest_valid(self) -> Found | None:
+        for p in sorted(self.root.glob("step_*"), reverse=True) if self.root.is_dir() else []:
+            if p.is_dir() and _STEP_DIR.match(p.name) and not (p / MARKER).exists():
+                self.report(f"checkpoint {p} is incomplete (no {MARKER} marker); ignoring it")
+        for found in self.complete():
+            if found.path.is_symlink():
+                raise UnsafeCheckpoint(f"checkpoint {found.path} is a symlink; refusing to load it")
+            try:
+                problem = verify(found.path)
+            except UnsafeCheckpoint as e:
+                raise UnsafeCheckpoint(f"checkpoint {found.path} was refused: {e}") from None
+            if problem is None:
+                return found
+            self.report(f"checkpoint {found.path} is damaged: {problem}; trying the previous one")
+        return None
 
     def set_aside_after(self, step: int) -> list[Path]:
         """Rename every checkpoint directory past `step` (damaged or partial ones the run skipped)
@@ -371,10 +412,29 @@ def read_rank_state(path: Path, rank: int) -> dict[str, Any] | None:
     return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
 
 
+def _dcp_load(target: dict[str, torch.Tensor], path: Path, no_dist: bool) -> None:
+    """`dcp.load` through the restricted reader; its failures (a BaseException in DCP) as
+    `UnsafeCheckpoint` or `ValueError`, so that they are reported like any bad checkpoint."""
+    try:
+        with _quiet_single_process():
+            dcp.load(target, storage_reader=SafeFileSystemReader(str(path)), planner=TensorsOnlyPlanner(),
+                     no_dist=no_dist)
+    except CheckpointException as e:
+        causes = [f[0] if isinstance(f, tuple) else f for f in e.failures.values()]
+        for cause in causes:
+            if isinstance(cause, UnsafeCheckpoint):
+                raise UnsafeCheckpoint(str(cause)) from None
+        first = causes[0] if causes else e
+        if isinstance(first, pickle.UnpicklingError):
+            raise UnsafeCheckpoint(f"checkpoint {path}: a tensor file was refused: {refusal_reason(first)}") from None
+        raise ValueError(f"cannot read the tensors of checkpoint {path}: {type(first).__name__}: {first}") from None
+
+
 def load_tensors(path: Path, keys: list[str], live: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors under `keys`, loaded into the `live` tensors where there are any
-    (so sharded tensors are loaded shard by shard) and into fresh CPU tensors otherwise."""
-    meta = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    (so sharded tensors are loaded shard by shard) and into fresh CPU tensors otherwise.
+    `path` should have passed `verify`; the reading itself never unpickles beyond DCP's records."""
+    meta = read_metadata(path).state_dict_metadata
     missing = [k for k in keys if k not in meta]
     if missing:
         raise KeyError(f"{path} lacks {len(missing)} tensor(s), e.g. {missing[0]}")
@@ -385,20 +445,18 @@ def load_tensors(path: Path, keys: list[str], live: Mapping[str, torch.Tensor]) 
             target[k] = live[k]
         else:
             target[k] = torch.empty(tuple(md.size), dtype=md.properties.dtype)
-    with _quiet_single_process():
-        dcp.load(target, checkpoint_id=str(path), no_dist=not _is_dist())
+    _dcp_load(target, path, no_dist=not _is_dist())
     return target
 
 
 def load_model_tensors(path: Path, prefix: str = "model/") -> dict[str, torch.Tensor]:
     """Every tensor under `prefix` as a full CPU tensor (names without the prefix), on one process."""
-    meta = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    meta = read_metadata(path).state_dict_metadata
     target = {k: torch.empty(tuple(md.size), dtype=md.properties.dtype)
               for k, md in meta.items() if k.startswith(prefix) and hasattr(md, "size")}
     if not target:
         raise KeyError(f"{path} holds no tensors under {prefix!r}")
-    with _quiet_single_process():
-        dcp.load(target, checkpoint_id=str(path), no_dist=True)
+    _dcp_load(target, path, no_dist=True)
     return {k[len(prefix):]: v for k, v in target.items()}
 
 
@@ -412,7 +470,10 @@ def resolve_checkpoint(path: str | Path, report: Callable[[str], None] = print) 
     if not p.exists():
         raise FileNotFoundError(f"no such checkpoint or run directory: {p}")
     if (p / MARKER).exists() or _STEP_DIR.match(p.name):
-        problem = verify(p)
+        try:
+            problem = verify(p)
+        except UnsafeCheckpoint as e:
+            raise UnsafeCheckpoint(f"checkpoint {p} was refused: {e}") from None
         if problem:
             raise ValueError(f"checkpoint {p} cannot be used: {problem}")
         return p

@@ -41,6 +41,7 @@ from l3m.train.checkpoint import (
     tensor_keys,
 )
 from l3m.train.logging import MetricsFile, RunLogger
+from l3m.train.safe_dcp import UnsafeCheckpoint
 from l3m.train.session import Session
 
 
@@ -185,6 +186,8 @@ class Trainer:
         raises `CheckpointMismatch` rather than training on from a half-loaded state."""
         try:
             return self._restore(found)
+        except UnsafeCheckpoint:
+            raise
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
             raise CheckpointMismatch(
                 f"checkpoint {found.path} does not fit this program: {type(e).__name__}: {e}\n"

@@ -13,6 +13,8 @@ or of the wrong shape; strict loading fails on any of those.
 from __future__ import annotations
 
 import fnmatch
+import pickle
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from l3m.train.checkpoint import load_model_tensors, read_state, resolve_checkpoint
+from l3m.train.safe_dcp import UnsafeCheckpoint, check_stored, refusal_reason
 
 
 def export_checkpoint(checkpoint: str | Path, out_path: str | Path) -> dict[str, int]:
@@ -54,7 +57,16 @@ def read_weights(source: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(p))
-    obj = torch.load(p, map_location="cpu", weights_only=True)
+    if zipfile.is_zipfile(p):  # the format torch.save writes; older, non-zip files are read as they are
+        try:
+            with zipfile.ZipFile(p) as z:
+                check_stored(z.infolist(), p.stat().st_size, str(p))
+        except (UnsafeCheckpoint, zipfile.BadZipFile, OSError) as e:
+            raise ValueError(f"{p} was refused: {e}") from None
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)  # never weights_only=False: no code from files
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{p} was refused: not a plain file of tensors ({refusal_reason(e)})") from None
     for key in ("model", "state_dict", "module"):  # common wrappings of a model's state dict
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]

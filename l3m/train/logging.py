@@ -5,11 +5,12 @@ logged training step (`split = "train"`) and per evaluation (`split = <source na
 flushed line by line, so a killed run keeps what it logged, and a resumed run first drops the
 lines after the step it resumes from.
 
-wandb is offline unless a run is configured to go online: `log { wandb = "online" }`, or
-credentials in `.wandb.yaml` (keys `entity`, `api-key`, `host-name`; looked up in the working
-directory, then the home directory) or `WANDB_API_KEY`. `log.wandb = "disabled"` (or
-`WANDB_MODE=disabled`) turns it off. Keys are handed to wandb through its environment
-variables and are never printed.
+wandb is offline unless the program or the command line says `log { wandb = "online" }`;
+`log.wandb = "disabled"` turns it off, and `WANDB_MODE=offline|disabled` may only turn it down.
+Credentials and the server come only from wandb's own user-level mechanisms (`wandb login` /
+netrc, `WANDB_API_KEY`, `WANDB_BASE_URL`, `~/.config/wandb/settings`): nothing in the project
+folder is read for them. wandb itself would read `./wandb/settings` of the working directory
+when it first loads its settings, so l3m has it load them from an empty directory.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import math
 import os
 import secrets
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,44 +85,40 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 # -- wandb ------------------------------------------------------------------------------------
 
 
-def _read_wandb_yaml(paths: Sequence[Path]) -> dict[str, str]:
-    import yaml
-
-    for p in paths:
-        if p.is_file():
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-            if isinstance(data, dict):
-                return {str(k): str(v) for k, v in data.items() if v is not None}
-    return {}
-
-
-def wandb_mode(log: LogConfig, explicit: Mapping[str, Any], search: Sequence[Path] | None = None) -> tuple[str, dict]:
-    """The wandb mode to use and the credentials found (see the module doc)."""
-    search = list(search) if search is not None else [Path.cwd() / ".wandb.yaml", Path.home() / ".wandb.yaml"]
-    creds = _read_wandb_yaml(search)
-    if "wandb" in explicit:
-        return log.wandb, creds
+def wandb_mode(log: LogConfig, explicit: Mapping[str, Any]) -> str:
+    """The wandb mode: the program's or command line's `log.wandb`, else offline; `WANDB_MODE`
+    can only lower it (to offline or disabled), never take a run online."""
+    mode = log.wandb if "wandb" in explicit else "offline"
     env = os.environ.get("WANDB_MODE", "")
-    if env in ("online", "offline", "disabled"):
-        return env, creds
-    if creds.get("api-key") or os.environ.get("WANDB_API_KEY"):
-        return "online", creds
-    return "offline", creds
+    if env == "disabled":
+        return "disabled"
+    if env in ("offline", "dryrun") and mode == "online":
+        return "offline"
+    return mode
+
+
+def setup_wandb_outside_project(wandb: Any) -> None:
+    """Let wandb load its global settings with an empty working directory, so it reads the user's
+    (`~/.config/wandb/settings`, `WANDB_*`, netrc) and never a project folder's `./wandb/settings`,
+    which could name another server or key. Once per process: later calls reuse those settings."""
+    with tempfile.TemporaryDirectory(prefix="l3m-wandb-") as empty:
+        here = os.getcwd()
+        os.chdir(empty)
+        try:
+            wandb.setup()
+        finally:
+            os.chdir(here)
 
 
 class WandbSink:
     def __init__(self, run_dir: Path, log: LogConfig, explicit: Mapping[str, Any], config: Mapping[str, Any]) -> None:
         self.run = None
-        mode, creds = wandb_mode(log, explicit)
+        mode = wandb_mode(log, explicit)
         if mode == "disabled":
             return
         import wandb
 
-        if mode == "online":
-            if creds.get("api-key") and not os.environ.get("WANDB_API_KEY"):
-                os.environ["WANDB_API_KEY"] = creds["api-key"]
-            if creds.get("host-name") and not os.environ.get("WANDB_BASE_URL"):
-                os.environ["WANDB_BASE_URL"] = creds["host-name"]
+        setup_wandb_outside_project(wandb)
         id_file = run_dir / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.is_file() else None
         if not run_id:  # kept in the run directory, so a resumed run continues the same wandb run
@@ -130,13 +128,15 @@ class WandbSink:
         wandb_dir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
             project=log.project,
-            entity=creds.get("entity") or None,
             name=log.name or run_dir.name,
             id=run_id,
             resume="allow",
             mode=mode,
             dir=str(wandb_dir),
             config=dict(config),
+            # wandb would run `git` in the working directory, and a shared folder's .git/config can name
+            # programs for git to run (core.fsmonitor): never from l3m.
+            settings=wandb.Settings(disable_git=True),
         )
 
     def log(self, record: Mapping[str, Any]) -> None:

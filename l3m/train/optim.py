@@ -21,6 +21,7 @@ Every group carries `param_names` (torch's own convention), its `lr_scale` and `
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -283,3 +284,93 @@ def LARS(
         trust_coefficient=trust_coefficient,
         eps=eps,
     )
+
+
+class AdamLHOptimizer(torch.optim.Optimizer):
+    """Adam with weight decay tied to the schedule rather than to the learning rate.
+
+    torch's AdamW shrinks a parameter by `lr_t * weight_decay` per step, so the decay strength
+    depends on the peak learning rate. Here the shrink is `weight_decay * lr_t / peak_lr`
+    (Loshchilov and Hutter's "fully decoupled" form): `weight_decay` is a per-step fraction at
+    the peak, and it follows the schedule's shape. Per step, for each parameter with a gradient:
+
+        w <- w * (1 - weight_decay * lr_t / peak_lr)
+        m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+        w <- w - lr_t / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+    `peak_lr` is the optimizer-wide learning rate given at construction (the schedule's peak);
+    groups with a learning-rate scale therefore also decay proportionally faster or slower.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        if lr <= 0 or eps < 0 or weight_decay < 0:
+            raise ValueError("AdamLH needs lr > 0, eps >= 0 and weight_decay >= 0")
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must lie in [0, 1), got {list(betas)}")
+        self.peak_lr = lr
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr = float(group["lr"])
+            beta1, beta2 = group["betas"]
+            shrink = 1.0 - group["weight_decay"] * lr / self.peak_lr
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if shrink != 1.0:
+                    p.mul_(shrink)
+                g = p.grad
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = float(state["step"])
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(beta1).add_(g, alpha=1.0 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+                denom = (v.sqrt() / math.sqrt(1.0 - beta2**t)).add_(group["eps"])
+                p.addcdiv_(m, denom, value=-lr / (1.0 - beta1**t))
+        return loss
+
+
+@register("optimizer")
+def AdamLH(
+    named_params: NamedParams,
+    lr: float = 1e-3,
+    betas: list[float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    no_decay: list[str] = (),
+    decay_1d: bool = False,
+    stage_lr: list[str] = (),
+    layer_decay: float = 1.0,
+) -> AdamLHOptimizer:
+    """Adam with fully decoupled weight decay (shrink `weight_decay * lr_t / lr` per step); see
+    `AdamLHOptimizer`. `weight_decay` is therefore a per-step fraction, e.g. 1e-4, not AdamW's 0.05."""
+    if len(betas) != 2:
+        raise ValueError(f"betas must hold two numbers, got {list(betas)}")
+    groups = param_groups(
+        named_params,
+        lr=lr,
+        weight_decay=weight_decay,
+        no_decay=no_decay,
+        decay_1d=decay_1d,
+        stage_lr=stage_lr,
+        layer_decay=layer_decay,
+    )
+    return AdamLHOptimizer(groups, lr=lr, betas=(float(betas[0]), float(betas[1])), eps=eps, weight_decay=weight_decay)

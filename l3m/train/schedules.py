@@ -90,3 +90,54 @@ def Constant(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float =
 def InverseSqrt(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float = 0.0) -> LambdaLR:
     """Linear warmup, then `sqrt(warmup_steps / (step + 1))` (from step 0 when there is no warmup)."""
     return LambdaLR(optimizer, Factor("inverse_sqrt", warmup_steps(warmup, total_steps), total_steps))
+
+
+@dataclass
+class FromToFactor:
+    """fvcore's "linear then cosine" composite, as a factor of the optimizer's peak learning rate.
+
+    At step i of T (the value the optimizer uses for step i, i = 0 first) with W warmup steps:
+    `start + (peak - start) * i / W` while i < W, then `end + (peak - end) * (1 + cos(pi * (i - W)
+    / (T - W))) / 2`. Step 0 therefore uses `start` exactly and the last step stays just above
+    `end`, as in a `CompositeParamScheduler` of a `LinearParamScheduler` and a
+    `CosineParamScheduler` queried at `where = i / T` with rescaled intervals.
+    """
+
+    warmup: float  # W, in steps (may be fractional when given as a fraction of T)
+    total: int
+    peak: float
+    start: float
+    end: float
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup - 1e-6 * self.total:  # fvcore switches phase a hair early (WHERE_EPSILON)
+            value = self.start + (self.peak - self.start) * step / self.warmup
+        else:
+            span = max(self.total - self.warmup, 1e-12)
+            progress = min(1.0, (step - self.warmup) / span)
+            value = self.end + 0.5 * (self.peak - self.end) * (1.0 + math.cos(math.pi * max(progress, 0.0)))
+        return value / self.peak
+
+
+@register("schedule")
+def LinearCosine(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup: float = 0.0,
+    start_lr: float = 0.0,
+    end_lr: float = 0.0,
+) -> LambdaLR:
+    """Linear from `start_lr` to the optimizer's `lr` over `warmup` steps (a fraction of
+    `total_steps` below 1), then a cosine down to `end_lr` (absolute learning rates; groups with a
+    learning-rate scale get the same curve scaled). See `FromToFactor` for the exact values."""
+    peak = float(optimizer.defaults["lr"])
+    if peak <= 0:
+        raise ValueError(f"LinearCosine needs a positive optimizer lr, got {peak}")
+    if start_lr < 0 or end_lr < 0:
+        raise ValueError(f"start_lr and end_lr must be non-negative, got {start_lr} and {end_lr}")
+    if warmup < 0 or total_steps < 1:
+        raise ValueError(f"need warmup >= 0 and total_steps >= 1, got {warmup} and {total_steps}")
+    steps = warmup * total_steps if warmup < 1 else float(warmup)
+    if steps > total_steps:
+        raise ValueError(f"warmup of {steps:g} steps is longer than the {total_steps} training steps")
+    return LambdaLR(optimizer, FromToFactor(steps, total_steps, peak, start_lr, end_lr))

@@ -261,6 +261,8 @@ def build_session(compiled: Compiled, rt: Runtime, *, command: str = "train") ->
     mesh = build_section("mesh", program.section("mesh"))
     log = build_section("log", program.section("log"))
     seed_everything(train.seed, train.deterministic)
+    if train.tf32:  # float32 matmuls and convolutions on TF32 tensor cores (Ampere and newer)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     model = build_model(program, device="meta", schedule=compiled.flow.model_order())
     model, parallel = parallelize(model, mesh, train)
@@ -285,8 +287,10 @@ def build_session(compiled: Compiled, rt: Runtime, *, command: str = "train") ->
             session.scheduler = call_factory(program.schedule, "schedule", session.optimizer, train.steps)
 
     generators = build_generators(program)
-    # Augmentations (mixup/cutmix) shape training only; evaluation sees the data as it is.
-    eval_generators = [g for g in generators if not getattr(g[0], "train_only", False)]
+    # Augmentations (mixup/cutmix) shape training only; evaluation sees the data as it is, and a
+    # generator with an evaluation form (`for_eval`, e.g. AIM's full-attention prefix) uses it there.
+    eval_generators = [(g.for_eval() if hasattr(g, "for_eval") else g, i, o)
+                       for g, i, o in generators if not getattr(g, "train_only", False)]
     sources = sorted(program.of_role("source"), key=lambda n: n.index)
     for node in sources:
         if node.name == TRAIN_SOURCE and command == "train":

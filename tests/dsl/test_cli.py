@@ -36,7 +36,7 @@ def test_lint_reports_errors_compiler_style(tmp_path):
     bad.write_text(GOOD.read_text().replace("LMCrossEntropy()   logits, targets", "LMCrossEntropy()   logits, targts"))
     r = l3m("lint", bad, GOOD)
     assert r.returncode == 1
-    assert "bad.l3m:18:40: error[E101]: loss 'ce' reads key 'targts', which nothing writes" in r.stderr
+    assert "bad.l3m:25:40: error[E101]: loss 'ce' reads key 'targts', which nothing writes" in r.stderr
     assert "did you mean 'targets'?" in r.stderr
     assert "^^^^^^" in r.stderr
     assert "Traceback" not in r.stderr
@@ -49,7 +49,7 @@ def test_lint_json_and_github_formats(tmp_path):
     r = l3m("lint", "--format", "json", bad)
     assert r.returncode == 1
     (d,) = json.loads(r.stdout)
-    assert {k: d[k] for k in ("line", "col", "code", "severity")} == {"line": 19, "col": 24, "code": "E203",
+    assert {k: d[k] for k in ("line", "col", "code", "severity")} == {"line": 26, "col": 24, "code": "E203",
                                                                         "severity": "error"}
     assert d["file"].endswith("bad.l3m") and "shif" in d["message"]
     r = l3m("lint", "--format", "github", bad)

@@ -19,7 +19,7 @@ from l3m.plan import plan
 from l3m.train.export import load_pretrained, read_weights
 
 TINY = str(ROOT / "examples" / "llama_tiny.l3m")
-VOCAB = 256  # the tiny example's byte vocabulary
+VOCAB = 2048  # the tiny example's vocabulary (the shipped stdlib_bpe_2k tokenizer)
 
 
 @pytest.fixture

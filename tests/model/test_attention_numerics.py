@@ -203,13 +203,14 @@ def test_sincos_1d_formula():
             assert t[p, dim // 2 + i].item() == pytest.approx(math.cos(p * w))
 
 
-def test_sincos_2d_rows_then_columns():
+def test_sincos_2d_columns_then_rows():
+    # MAE's / ml-l3m's layout: the first half encodes the column (x), the second the row (y).
     t = sincos_2d(8, 2, 3)
     assert t.shape == (6, 8)
     for r in range(2):
         for c in range(3):
-            torch.testing.assert_close(t[r * 3 + c, :4], sincos_1d(4, torch.tensor([r]))[0])
-            torch.testing.assert_close(t[r * 3 + c, 4:], sincos_1d(4, torch.tensor([c]))[0])
+            torch.testing.assert_close(t[r * 3 + c, :4], sincos_1d(4, torch.tensor([c]))[0])
+            torch.testing.assert_close(t[r * 3 + c, 4:], sincos_1d(4, torch.tensor([r]))[0])
 
 
 def test_sincos_buffers_recomputed_after_meta_build():

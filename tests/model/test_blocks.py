@@ -163,11 +163,12 @@ def test_cls_token_and_pools():
     torch.testing.assert_close(lookup("SelectTokens").obj(start=2)(y), x)
 
 
-def test_eos_pool_picks_last_eos_or_last_token():
+def test_eos_pool_picks_first_eos_like_the_original_or_last_on_request():
     x = torch.arange(2 * 5, dtype=torch.float32).view(2, 5, 1)
     tokens = torch.tensor([[1, 2, 3, 2, 0], [1, 1, 1, 1, 1]])
-    out = lookup("EosPool").obj(eos_id=2)(x, tokens)
-    assert out.flatten().tolist() == [3.0, 9.0]
+    # ml-l3m's ExtractEOS: the first EOS (argmax of ids == eos), position 0 without one.
+    assert lookup("EosPool").obj(eos_id=2)(x, tokens).flatten().tolist() == [1.0, 5.0]
+    assert lookup("EosPool").obj(eos_id=2, which="last")(x, tokens).flatten().tolist() == [3.0, 9.0]
 
 
 def test_patch_embed_is_raster_order_like_patchify():

@@ -22,7 +22,7 @@ def test_losses_and_metrics_are_registered_without_parameters():
     assert not list(TopKAccuracy().parameters()) and not list(LMCrossEntropy().parameters())
 
 
-def pixel_reference(pred, image, p, prefix_len=None, norm_pix=True, eps=1e-6, shift=False):
+def pixel_reference(pred, image, p, prefix_len=None, norm_pix=True, eps=1e-6, shift=False, unbiased=True):
     b, c, h, w = image.shape
     errs, counts = 0.0, 0
     cols = w // p
@@ -36,7 +36,7 @@ def pixel_reference(pred, image, p, prefix_len=None, norm_pix=True, eps=1e-6, sh
             r, col = divmod(n, cols)
             t = image[i, :, r * p : (r + 1) * p, col * p : (col + 1) * p].permute(1, 2, 0).reshape(-1)
             if norm_pix:
-                t = (t - t.mean()) / math.sqrt(t.var(unbiased=False).item() + eps)
+                t = (t - t.mean()) / math.sqrt(t.var(unbiased=unbiased).item() + eps)
             errs += ((pred[i, src] - t) ** 2).mean().item()
             counts += 1
     return errs / counts
@@ -53,6 +53,11 @@ def test_pixel_loss(norm_pix, prefix, shift):
     loss = PixelLoss(patch=2, norm_pix=norm_pix, shift=shift)(pred, image, prefix_len)
     assert loss.dim() == 0
     assert loss.item() == pytest.approx(pixel_reference(pred, image, 2, prefix_len, norm_pix, shift=shift), rel=1e-5)
+    if norm_pix:  # the original's unbiased variance by default; the biased one on request
+        biased = PixelLoss(patch=2, shift=shift, unbiased=False)(pred, image, prefix_len)
+        want = pixel_reference(pred, image, 2, prefix_len, shift=shift, unbiased=False)
+        assert biased.item() == pytest.approx(want, rel=1e-5)
+        assert abs(biased.item() - loss.item()) > 1e-4
 
 
 def test_pixel_loss_perfect_prediction_and_checks():

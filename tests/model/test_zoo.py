@@ -3,6 +3,7 @@ original systems; every tiny example builds, runs forward and backward on a real
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -19,13 +20,21 @@ from l3m.plan import plan
 # Parameter counts of the full-size systems, computed from their published shapes.
 FULL_SIZE = {
     "vit_imagenet.l3m": 304_181_224,  # ViT-L/16 (+ the final trunk norm before the head norm)
-    "llm.l3m": 1_439_895_552,  # 2048 x 24, SwiGLU 5632, untied 50432-vocab head
+    # The original's trainable count (tests/data/parity/llm/meta.json: 1,444,089,856 less its frozen sin-cos
+    # table, 4,194,304, a buffer in l3m): 2048 x 24, SwiGLU 5632, untied 50432-vocab head.
+    "llm.l3m": 1_439_895_552,
     "llama.l3m": 1_235_814_400,  # Llama-3.2-1B
-    "aimv1.l3m": 1_087_594_572,  # 600M-class encoder + 12-block 2048-wide MLP decoder
-    "aimv2.l3m": 530_632_704,
+    # The original's trainable count (tests/data/parity/aimv1/meta.json: 1,088,561,228 less its two frozen
+    # sin-cos tables, 917,504, which l3m keeps as buffers); its MLP-only decoder blocks keep a norm each.
+    "aimv1.l3m": 1_087_643_724,
+    "aimv2.l3m": 530_632_704,  # the original's exact count (tests/data/parity/aimv2/meta.json)
     "aimv2_moe.l3m": 476_682_496,
-    "clip.l3m": 433_533_441,
+    "clip.l3m": 433_534_465,  # the original's exact count (tests/data/parity/clip): + the patch-embed RMSNorm
 }
+
+# Shipped file -> its parity fixture (recorded from the original at full size on the meta device).
+ORIGINAL = {"vit_imagenet.l3m": "vit", "llm.l3m": "llm", "aimv1.l3m": "aimv1", "aimv2.l3m": "aimv2",
+            "aimv2_moe.l3m": "aimv2_moe", "clip.l3m": "clip"}
 
 
 @pytest.mark.parametrize("name", sorted(FULL_SIZE))
@@ -35,6 +44,11 @@ def test_full_size_plans_on_meta(name):
     p = plan(compiled.program, world_size=64, schedule=compiled.flow.model_order())
     assert p["params"]["total"] == FULL_SIZE[name]
     assert p["flops_per_sample"]["forward"] > 2 * p["params"]["total"]  # at least one multiply-add per weight
+    system = ORIGINAL.get(name)
+    if system:  # plan's two lines together give the count the original's model reports
+        meta = json.loads((ROOT / "tests" / "data" / "parity" / system / "meta.json").read_text())
+        assert p["params"]["total"] + p["params"]["fixed_tables"] == meta["full_size_param_count"]
+        assert p["params"]["fixed_tables"] == meta.get("full_size_frozen_param_count", 0)
 
 
 def first_batch(program):

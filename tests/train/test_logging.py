@@ -60,23 +60,19 @@ def test_truncate_after(tmp_path):
     assert records[0]["bad"] is None  # strict JSON: NaN is written as null
 
 
-def test_wandb_mode(tmp_path, monkeypatch):
-    none = [tmp_path / "absent.yaml"]
+def test_wandb_mode(monkeypatch):
     log = LogConfig()
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    assert wandb_mode(log, {}, none)[0] == "offline"
-    assert wandb_mode(LogConfig(wandb="disabled"), {"wandb": "disabled"}, none)[0] == "disabled"
-    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
-    assert wandb_mode(log, {}, none)[0] == "online"
-    assert wandb_mode(log, {"wandb": "offline"}, none)[0] == "offline"  # the file's word wins
-    monkeypatch.delenv("WANDB_API_KEY")
-    creds = tmp_path / ".wandb.yaml"
-    creds.write_text("entity: me\napi-key: secret-key-123\nhost-name: https://wandb.example\n")
-    mode, found = wandb_mode(log, {}, [creds])
-    assert mode == "online" and found["entity"] == "me"
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)  # a key alone never takes a run online
+    assert wandb_mode(log, {}) == "offline"
+    assert wandb_mode(LogConfig(wandb="online"), {"wandb": "online"}) == "online"  # the file's word
+    assert wandb_mode(LogConfig(wandb="disabled"), {"wandb": "disabled"}) == "disabled"
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert wandb_mode(log, {}) == "offline"  # the environment can only turn it down
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_mode(LogConfig(wandb="online"), {"wandb": "online"}) == "offline"
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert wandb_mode(log, {}, [creds])[0] == "disabled"
+    assert wandb_mode(LogConfig(wandb="online"), {"wandb": "online"}) == "disabled"
 
 
 def test_wandb_offline_run_writes_locally(llm, tmp_path, monkeypatch, capsys):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from l3m.data import embedded
 from l3m.data.sources.base import Source, Spec, check_split
-from l3m.data.tokens import caption_length, encode_caption, encode_captions
+from l3m.data.sources.captions import caption_encoder, encode_many
 from l3m.registry import register
 
 _DIGIT_TEMPLATES = ("a photo of the digit {}", "a handwritten {}", "the number {}")
@@ -75,13 +75,15 @@ class DigitsImages(Source):
 class DigitsImageText(DigitsImages):
     """Digits with captions ("a photo of the digit seven"), for CLIP-style and captioning models.
 
-    `text` is a caption in the byte convention of `l3m.data.tokens` (BOS=1, EOS=2, PAD=0, bytes
-    shifted by 3; vocabulary 259). Each sample's template is drawn once from `templates` with
-    `seed`. Every caption must fit in `seq_len` (checked here, so nothing is silently cut);
+    `text` is a caption encoded by `tokenizer` with the caption policy (`l3m.data.sources.captions`):
+    by default l3m's bytes (BOS=1, EOS=2, PAD=0, bytes shifted by 3; vocabulary 259), or e.g. the
+    shipped `"digits_bpe"`. Each sample's template is drawn once from `templates` with `seed`.
+    Every caption must fit in `seq_len` (checked here, so nothing is silently cut);
     `class_prompts()` gives the zero-shot prompts, one per label.
     """
 
     outputs = ("image", "text", "label")
+    token_policy = "caption"
 
     def __init__(
         self,
@@ -96,6 +98,9 @@ class DigitsImageText(DigitsImages):
         templates: list[str] = _DIGIT_TEMPLATES,
         shuffle: bool = True,
         drop_last: bool = True,
+        tokenizer: str = "bytes",
+        text_clean: Literal["none", "lower", "nopunct"] = "none",
+        pad_token: str = "",
     ) -> None:
         super().__init__(split, image_size, batch_size, train_fraction, seed, normalize, shuffle, drop_last)
         if vocab != "bytes":
@@ -104,13 +109,16 @@ class DigitsImageText(DigitsImages):
             raise ValueError(
                 "templates must be a non-empty list of strings with one '{}' for the digit's name"
             )
-        longest = max((t.format(n) for t in templates for n in embedded.DIGIT_NAMES), key=caption_length)
-        if caption_length(longest) > seq_len:
+        self.encoder = caption_encoder(type(self).__name__, tokenizer, seq_len, text_clean, pad_token)
+        length = self.encoder.length
+        longest = max((t.format(n) for t in templates for n in embedded.DIGIT_NAMES), key=length)
+        if length(longest) > seq_len:
             raise ValueError(
                 f"seq_len = {seq_len} is too short for the caption {longest!r}, "
-                f"which needs {caption_length(longest)} tokens with BOS and EOS"
+                f"which needs {length(longest)} tokens with its special tokens"
             )
         self.seq_len, self.vocab, self.templates = seq_len, vocab, list(templates)
+        self.tokenizer = tokenizer
 
     @cached_property
     def _captions(self) -> torch.Tensor:
@@ -118,12 +126,9 @@ class DigitsImageText(DigitsImages):
         labels = self._data[1]
         g = torch.Generator().manual_seed(self.seed + 1)
         pick = torch.randint(len(self.templates), (len(labels),), generator=g)
-        table = {
-            (t, c): encode_caption(self.templates[t].format(embedded.DIGIT_NAMES[c]), self.seq_len)
-            for t in range(len(self.templates))
-            for c in range(10)
-        }
-        return torch.stack([table[(int(t), int(c))] for t, c in zip(pick, labels)])
+        texts = [t.format(name) for t in self.templates for name in embedded.DIGIT_NAMES]
+        table = encode_many(self.encoder, texts).view(len(self.templates), 10, self.seq_len)
+        return table[pick, labels]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         x, y = self._data
@@ -135,4 +140,4 @@ class DigitsImageText(DigitsImages):
 
     def class_prompts(self, template: str | None = None) -> torch.Tensor:
         """long [10, seq_len]: one encoded prompt per digit (default: the first template)."""
-        return encode_captions(embedded.digit_prompts(template or self.templates[0]), self.seq_len)
+        return encode_many(self.encoder, embedded.digit_prompts(template or self.templates[0]))

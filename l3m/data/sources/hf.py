@@ -8,6 +8,7 @@ recognises (e.g. an image folder, Parquet shards), or a file/glob of .json/.json
 from __future__ import annotations
 
 import io
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -15,9 +16,9 @@ from typing import Any, Literal
 import torch
 
 from l3m.data.sources.base import Spec
+from l3m.data.sources.captions import caption_encoder, encode, require
 from l3m.data.sources.images import ImageSource
-from l3m.data.tokens import encode_caption
-from l3m.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from l3m.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Interpolation, load_rgb
 from l3m.registry import register
 
 _BUILDERS = {
@@ -32,6 +33,9 @@ _SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
 
 def _datasets():
+    # Local files only: a folder's README.md may name remote data files, which `datasets` would fetch.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     try:
         import datasets
     except ImportError:
@@ -54,6 +58,10 @@ def load_local(path: str, split: str) -> Any:
             ds = ds[split]
         return ds
     if p.is_dir():
+        scripts = sorted(s.name for s in p.glob("*.py"))
+        if scripts:  # `datasets` < 3 would run `<folder>/<folder>.py`: code from a shared folder
+            raise ValueError(f"HFDataset: {path!r} holds a dataset script ({scripts[0]}); l3m never runs one. "
+                             "Point it at the data files or a `save_to_disk` folder instead")
         return ds_lib.load_dataset(str(p), split=split)
     if p.is_file() or is_glob:
         suffix = Path(path.rstrip("*")).suffix if is_glob else p.suffix
@@ -71,12 +79,9 @@ def _to_pil(value: Any) -> Any:
     if isinstance(value, Image.Image):
         return value.convert("RGB")
     if isinstance(value, str):
-        with Image.open(value) as im:
-            return im.convert("RGB")
+        return load_rgb(value)
     if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
-        src = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
-        with Image.open(src) as im:
-            return im.convert("RGB")
+        return load_rgb(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
     import numpy as np
 
     return Image.fromarray(np.asarray(value, dtype=np.uint8)).convert("RGB")
@@ -92,6 +97,7 @@ class HFDataset(ImageSource):
     """
 
     outputs = ("image?", "text?", "label?")
+    token_policy = "caption"
 
     def __init__(
         self,
@@ -110,8 +116,18 @@ class HFDataset(ImageSource):
         std: list[float] = IMAGENET_STD,
         shuffle: bool = True,
         drop_last: bool = True,
+        interpolation: Interpolation = "bilinear",
+        color_jitter: list[float] = (),
+        color_jitter_prob: float = 1.0,
+        resize: int = 0,
+        tokenizer: str = "bytes",
+        text_clean: Literal["none", "lower", "nopunct"] = "none",
+        pad_token: str = "",
     ) -> None:
-        super().__init__(image_size, batch_size, augment, min_scale, normalize, mean, std, shuffle, drop_last)
+        super().__init__(
+            image_size, batch_size, augment, min_scale, normalize, mean, std, shuffle, drop_last,
+            interpolation=interpolation, color_jitter=color_jitter, color_jitter_prob=color_jitter_prob, resize=resize,
+        )
         self.fields = {
             port: field
             for port, field in (("image", image_field), ("text", text_field), ("label", label_field))
@@ -122,6 +138,8 @@ class HFDataset(ImageSource):
         if "text" in self.fields and seq_len < 2:
             raise ValueError(f"seq_len must be at least 2 (BOS and EOS), got {seq_len}")
         self.path, self.split, self.seq_len = path, split, seq_len
+        if "text" in self.fields:
+            self.encoder = caption_encoder(type(self).__name__, tokenizer, seq_len, text_clean, pad_token)
 
     @cached_property
     def dataset(self) -> Any:
@@ -132,6 +150,8 @@ class HFDataset(ImageSource):
         return ds
 
     def __len__(self) -> int:
+        if "text" in self.fields:
+            require(self.encoder)  # no tokenizer given: say so here, not in a worker
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
@@ -140,7 +160,7 @@ class HFDataset(ImageSource):
         if "image" in self.fields:
             out["image"] = self.transform(_to_pil(rec[self.fields["image"]]))
         if "text" in self.fields:
-            out["text"] = encode_caption(str(rec[self.fields["text"]]), self.seq_len)
+            out["text"] = encode(self.encoder, str(rec[self.fields["text"]]))
         if "label" in self.fields:
             out["label"] = torch.tensor(int(rec[self.fields["label"]]), dtype=torch.long)
         return out

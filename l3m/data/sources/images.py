@@ -13,14 +13,27 @@ from typing import Literal
 import torch
 
 from l3m.data.sources.base import Source, Spec, find_files
+from l3m.data.sources.captions import caption_encoder, encode, require
 from l3m.data.sources.text import iter_jsonl
-from l3m.data.tokens import encode_caption
-from l3m.data.transforms import AUGMENTS, IMAGENET_MEAN, IMAGENET_STD, image_transform, load_rgb
+from l3m.data.transforms import (
+    AUGMENTS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Interpolation,
+    check_pipeline_options,
+    image_transform,
+    load_rgb,
+)
 from l3m.registry import register
 
 
 class ImageSource(Source):
-    """Shared image arguments: size, augmentation and normalisation (see `l3m.data.transforms`)."""
+    """Shared image arguments: size, augmentation and normalisation (see `l3m.data.transforms`).
+
+    `interpolation`, `color_jitter` (+ `color_jitter_prob`) and `resize` (evaluation's short side
+    before the centre crop) let a file state a classic torchvision recipe exactly, e.g.
+    RandomResizedCrop(bicubic) + flip + RandomApply(ColorJitter, p = 0.8) and Resize(256) + CenterCrop(224).
+    """
 
     def __init__(
         self,
@@ -33,6 +46,11 @@ class ImageSource(Source):
         std: list[float],
         shuffle: bool,
         drop_last: bool,
+        *,
+        interpolation: str = "bilinear",
+        color_jitter: list[float] = (),
+        color_jitter_prob: float = 1.0,
+        resize: int = 0,
     ) -> None:
         super().__init__(batch_size, shuffle, drop_last)
         if augment not in AUGMENTS:
@@ -41,10 +59,19 @@ class ImageSource(Source):
             raise ValueError(f"image_size must be positive, got {image_size}")
         self.image_size, self.augment, self.min_scale = image_size, augment, min_scale
         self.mean, self.std = (list(mean), list(std)) if normalize else (None, None)
+        self.pipeline_options = dict(
+            interpolation=interpolation,
+            color_jitter=tuple(color_jitter),
+            color_jitter_prob=color_jitter_prob,
+            resize=resize,
+        )
+        check_pipeline_options(**self.pipeline_options)  # bad settings fail at construction, not in a worker
 
     @cached_property
     def transform(self):
-        return image_transform(self.image_size, self.augment, self.mean, self.std, self.min_scale)
+        return image_transform(
+            self.image_size, self.augment, self.mean, self.std, self.min_scale, **self.pipeline_options
+        )
 
     def image_spec(self) -> tuple[tuple[int, ...], torch.dtype]:
         return (3, self.image_size, self.image_size), torch.float32
@@ -72,8 +99,15 @@ class ImageFolder(ImageSource):
         std: list[float] = IMAGENET_STD,
         shuffle: bool = True,
         drop_last: bool = True,
+        interpolation: Interpolation = "bilinear",
+        color_jitter: list[float] = (),
+        color_jitter_prob: float = 1.0,
+        resize: int = 0,
     ) -> None:
-        super().__init__(image_size, batch_size, augment, min_scale, normalize, mean, std, shuffle, drop_last)
+        super().__init__(
+            image_size, batch_size, augment, min_scale, normalize, mean, std, shuffle, drop_last,
+            interpolation=interpolation, color_jitter=color_jitter, color_jitter_prob=color_jitter_prob, resize=resize,
+        )
         self.root, self.split = root, split
 
     @cached_property
@@ -110,6 +144,7 @@ class ImageTextJSONL(ImageSource):
     """
 
     outputs = ("image", "text")
+    token_policy = "caption"
 
     def __init__(
         self,
@@ -127,10 +162,21 @@ class ImageTextJSONL(ImageSource):
         std: list[float] = IMAGENET_STD,
         shuffle: bool = True,
         drop_last: bool = True,
+        interpolation: Interpolation = "bilinear",
+        color_jitter: list[float] = (),
+        color_jitter_prob: float = 1.0,
+        resize: int = 0,
+        tokenizer: str = "bytes",
+        text_clean: Literal["none", "lower", "nopunct"] = "none",
+        pad_token: str = "",
     ) -> None:
-        super().__init__(image_size, batch_size, augment, min_scale, normalize, mean, std, shuffle, drop_last)
+        super().__init__(
+            image_size, batch_size, augment, min_scale, normalize, mean, std, shuffle, drop_last,
+            interpolation=interpolation, color_jitter=color_jitter, color_jitter_prob=color_jitter_prob, resize=resize,
+        )
         if seq_len < 2:
             raise ValueError(f"seq_len must be at least 2 (BOS and EOS), got {seq_len}")
+        self.encoder = caption_encoder(type(self).__name__, tokenizer, seq_len, text_clean, pad_token)
         self.path, self.image_root, self.seq_len = path, image_root, seq_len
         self.image_field, self.text_field = image_field, text_field
 
@@ -153,11 +199,12 @@ class ImageTextJSONL(ImageSource):
         return out
 
     def __len__(self) -> int:
+        require(self.encoder)  # no tokenizer given: say so here, not in a worker
         return len(self.records)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         image, text = self.records[i]
-        return {"image": self.transform(load_rgb(image)), "text": encode_caption(text, self.seq_len)}
+        return {"image": self.transform(load_rgb(image)), "text": encode(self.encoder, text)}
 
     def spec(self) -> Spec:
         return {"image": self.image_spec(), "text": ((self.seq_len,), torch.long)}

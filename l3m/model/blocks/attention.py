@@ -87,7 +87,10 @@ class Attention(nn.Module):
         self.head_dim, self.rep, self.cross, self.fused, self.qk_norm = hd, heads // kvh, cross, fused_qkv, qk_norm
         cdim = context_dim or dim
 
-        def lin(i: int, o: int, bias: bool, d: int = 0) -> Linear:
+        # "fan_in_depth_scaled" (ml-l3m's) scales every weight by the network's depth, not just `proj`.
+        every = depth if init == "fan_in_depth_scaled" else 0
+
+        def lin(i: int, o: int, bias: bool, d: int = every) -> Linear:
             return Linear(i, o, bias=bias, init=init, init_std=init_std, init_depth=d)
 
         if cross:

@@ -31,12 +31,20 @@ def sincos_1d(dim: int, positions: torch.Tensor, base: float = 10000.0) -> torch
 
 
 def sincos_2d(dim: int, height: int, width: int, base: float = 10000.0) -> torch.Tensor:
-    """`[height*width, dim]` in raster order: first half encodes the row, second half the column."""
+    """`[height*width, dim]` in raster order: first half encodes the column, second half the row,
+    each half [sin | cos] (MAE's and ml-l3m's layout, which pretrained AIM weights assume)."""
     if dim % 4:
         raise ValueError(f"2-D sin-cos embeddings need dim divisible by 4, got {dim}")
     rows = torch.arange(height).repeat_interleave(width)
     cols = torch.arange(width).repeat(height)
-    return torch.cat([sincos_1d(dim // 2, rows, base), sincos_1d(dim // 2, cols, base)], dim=1)
+    return torch.cat([sincos_1d(dim // 2, cols, base), sincos_1d(dim // 2, rows, base)], dim=1)
+
+
+def _table_init(init: str) -> str:
+    """Learned tokens/positions: "trunc_normal" (cut at 2 std) or "normal" (as ml-l3m's `normal_(std=0.02)`)."""
+    if init not in ("trunc_normal", "normal"):
+        raise ValueError(f"unknown init {init!r}; expected trunc_normal or normal")
+    return init
 
 
 @register("block")
@@ -55,10 +63,13 @@ class PatchEmbed(nn.Module):
         norm_eps: float = 1e-6,
         init: InitStyle = "xavier_uniform",
         init_std: float = 0.02,
+        bias_init: Literal["zeros", "uniform"] = "zeros",
     ):
         super().__init__()
+        if bias_init not in ("zeros", "uniform"):
+            raise ValueError(f"unknown bias_init {bias_init!r}; expected zeros or uniform")
         self.dim, self.patch, self.in_chans = dim, patch, in_chans
-        self.init, self.init_std = check_style(init), init_std
+        self.init, self.init_std, self.bias_init = check_style(init), init_std, bias_init
         self.weight = nn.Parameter(torch.empty(dim, in_chans, patch, patch))
         self.bias = nn.Parameter(torch.empty(dim)) if bias else None
         self.norm = make_norm(norm, dim, eps=norm_eps)
@@ -69,7 +80,11 @@ class PatchEmbed(nn.Module):
         init_weight_(self.weight.view(self.dim, -1), self.init, std=self.init_std)
         if self.bias is not None:
             with torch.no_grad():
-                self.bias.zero_()
+                if self.bias_init == "uniform":  # nn.Conv2d's own default, U(+-1/sqrt(fan_in)), kept by ml-l3m
+                    bound = 1.0 / math.sqrt(self.in_chans * self.patch * self.patch)
+                    self.bias.uniform_(-bound, bound)
+                else:
+                    self.bias.zero_()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         _, _, h, w = image.shape
@@ -82,13 +97,20 @@ class PatchEmbed(nn.Module):
 class Embedding(nn.Embedding):
     """An `nn.Embedding` (so RowwiseParallel accepts it) with its own init."""
 
-    def __init__(self, num: int, dim: int, init_std: float = 0.02):
+    def __init__(self, num: int, dim: int, init_std: float = 0.02, init: Literal["normal", "uniform"] = "normal",
+                 init_bound: float = 0.1):
         super().__init__(num, dim)
-        self.init_std = init_std
+        if init not in ("normal", "uniform"):
+            raise ValueError(f"unknown init {init!r}; expected normal or uniform")
+        self.init_std, self.init, self.init_bound = init_std, init, init_bound
         self.init_weights()
 
     def init_weights(self) -> None:
-        init_weight_(self.weight, "normal", std=self.init_std)
+        if self.init == "uniform":  # U(-init_bound, init_bound), as ml-l3m's LLM (init_style: uniform, 0.1)
+            with torch.no_grad():
+                self.weight.uniform_(-self.init_bound, self.init_bound)
+        else:
+            init_weight_(self.weight, "normal", std=self.init_std)
 
 
 @register("block")
@@ -97,9 +119,10 @@ class TokenEmbedding(nn.Module):
 
     outputs = ("x",)
 
-    def __init__(self, vocab: int, dim: int, init_std: float = 0.02):
+    def __init__(self, vocab: int, dim: int, init_std: float = 0.02, init: Literal["normal", "uniform"] = "normal",
+                 init_bound: float = 0.1):
         super().__init__()
-        self.emb = Embedding(vocab, dim, init_std=init_std)
+        self.emb = Embedding(vocab, dim, init_std=init_std, init=init, init_bound=init_bound)
 
     @property
     def weight(self) -> nn.Parameter:
@@ -132,9 +155,11 @@ class PosEmbed(nn.Module):
         grid: list[int] | None = None,
         offset: int = 0,
         init_std: float = 0.02,
+        init: Literal["trunc_normal", "normal"] = "trunc_normal",
     ):
         super().__init__()
         self.dim, self.num, self.kind, self.offset, self.init_std = dim, num, kind, offset, init_std
+        self.init = _table_init(init)
         if kind == "sincos2d":
             if grid is None:
                 side = math.isqrt(num)
@@ -160,7 +185,7 @@ class PosEmbed(nn.Module):
     def init_weights(self) -> None:
         with torch.no_grad():
             if self.kind == "learned":
-                init_weight_(self.pos, "trunc_normal", std=self.init_std)
+                init_weight_(self.pos, self.init, std=self.init_std)
             else:
                 self.pos.copy_(self.table()[None].to(self.pos.dtype))
 
@@ -183,17 +208,18 @@ class ClsToken(nn.Module):
 
     outputs = ("x",)
 
-    def __init__(self, dim: int, num_registers: int = 0, init_std: float = 0.02):
+    def __init__(self, dim: int, num_registers: int = 0, init_std: float = 0.02,
+                 init: Literal["trunc_normal", "normal"] = "trunc_normal"):
         super().__init__()
-        self.init_std = init_std
+        self.init_std, self.init = init_std, _table_init(init)
         self.cls = nn.Parameter(torch.empty(1, 1, dim))
         self.registers = nn.Parameter(torch.empty(1, num_registers, dim)) if num_registers else None
         self.init_weights()
 
     def init_weights(self) -> None:
-        init_weight_(self.cls, "trunc_normal", std=self.init_std)
+        init_weight_(self.cls, self.init, std=self.init_std)
         if self.registers is not None:
-            init_weight_(self.registers, "trunc_normal", std=self.init_std)
+            init_weight_(self.registers, self.init, std=self.init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]

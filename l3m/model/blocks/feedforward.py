@@ -48,8 +48,10 @@ class MLP(nn.Module):
         if act not in _ACTS:
             raise ValueError(f"unknown activation {act!r}; expected gelu or silu")
         self.act = act
-        self.w1 = Linear(dim, hidden, bias=bias, init=init, init_std=init_std)
-        self.w3 = Linear(dim, hidden, bias=bias, init=init, init_std=init_std) if glu else None
+        # "fan_in_depth_scaled" (ml-l3m's) scales every weight by the network's depth, not just `w2`.
+        d = init_depth if init == "fan_in_depth_scaled" else 0
+        self.w1 = Linear(dim, hidden, bias=bias, init=init, init_std=init_std, init_depth=d)
+        self.w3 = Linear(dim, hidden, bias=bias, init=init, init_std=init_std, init_depth=d) if glu else None
         self.w2 = Linear(hidden, out_dim or dim, bias=bias, init=init, init_std=init_std, init_depth=init_depth)
 
     def tp_plan(self) -> dict[str, ParallelStyle]:

@@ -32,11 +32,12 @@ class Classifier(nn.Module):
         norm: Literal["none", "layernorm", "rmsnorm"] = "none",
         bias: bool = True,
         norm_eps: float = 1e-6,
+        norm_fp32: bool = False,
         init: InitStyle = "trunc_normal",
         init_std: float = 0.02,
     ):
         super().__init__()
-        self.norm = make_norm(norm, dim, eps=norm_eps)
+        self.norm = make_norm(norm, dim, eps=norm_eps, fp32=norm_fp32)
         self.fc = Linear(dim, num_classes, bias=bias, init=init, init_std=init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,7 +156,12 @@ class ClipProjection(nn.Module):
         emb = F.normalize(self.proj(x), dim=-1)
         if self.logit_scale is None:
             return emb, None
-        return emb, self.logit_scale.clamp(0, self.logit_scale_max).exp().squeeze(0)
+        # The clamped value, with the gradient of the unclamped one: ml-l3m clamps the stored value in
+        # place before use, so its gradient at the bound is exp(bound), never zero (a plain clamp would
+        # freeze a scale that reached log 100).
+        s = self.logit_scale
+        s = s + (s.clamp(0, self.logit_scale_max) - s).detach()
+        return emb, s.exp().squeeze(0)
 
 
 @register("block")
@@ -178,10 +184,12 @@ class LMHead(nn.Module):
         vocab_parallel: bool = False,
         init: InitStyle = "trunc_normal",
         init_std: float = 0.02,
+        init_depth: int = 0,
     ):
         super().__init__()
         self.tie, self.vocab_parallel = tie, vocab_parallel
-        self.proj = Linear(dim, vocab, bias=bias, init=init, init_std=init_std)
+        # init_depth: the trunk's depth, for init="fan_in_depth_scaled" (variance 1/((1+depth)*dim)).
+        self.proj = Linear(dim, vocab, bias=bias, init=init, init_std=init_std, init_depth=init_depth)
 
     @property
     def weight(self) -> nn.Parameter:

@@ -1,4 +1,5 @@
-"""A mixture-of-experts feed-forward layer: top-k routing to gated-SiLU experts.
+"""A mixture-of-experts feed-forward layer: top-k routing to gated experts (`act(x w1) * (x w3)`, then w2;
+SiLU by default, or GELU as in ml-l3m's AIMv2-MoE, whose megablocks experts get the Block's nn.GELU).
 
 Dispatch sorts the (token, expert) assignments by expert and runs each expert once on its
 contiguous slice, so no token is dropped ("dropless"). With a `capacity_factor`, each expert
@@ -10,6 +11,7 @@ residual carries the token through.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,9 +31,30 @@ def balance_loss(probs: torch.Tensor, expert_idx: torch.Tensor, num_experts: int
     return num_experts * (frac * probs.mean(dim=0)).sum()
 
 
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
+
+
+def _act(h: torch.Tensor, act: str) -> torch.Tensor:
+    return F.gelu(h) if act == "gelu" else F.silu(h)
+
+
+def _act_grad(h: torch.Tensor, act: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`act(h)` and its derivative (exact GELU: Phi(h) + h phi(h); SiLU: s (1 + h (1 - s)))."""
+    if act == "gelu":
+        cdf = 0.5 * (1.0 + torch.erf(h / math.sqrt(2.0)))
+        return h * cdf, cdf + h * torch.exp(-0.5 * h * h) / _SQRT_2PI
+    sig = torch.sigmoid(h)
+    return h * sig, sig * (1 + h * (1 - sig))
+
+
 @register("block")
 class MoE(nn.Module):
-    """Top-k routed experts; returns the output and the (unscaled, float32) load-balancing loss."""
+    """Top-k routed experts; returns the output and the (unscaled, float32) load-balancing loss.
+
+    `expert_init` initialises the experts (default: `init`; ml-l3m draws them N(0, init_std)). With
+    `top_k > 1` the chosen probabilities are renormalised to sum to 1 unless `normalize=False` (megablocks'
+    `moe_normalize_expert_weights=0`: the raw probabilities weight the experts).
+    """
 
     outputs = ("x", "aux_loss")
 
@@ -45,13 +68,19 @@ class MoE(nn.Module):
         init: InitStyle = "trunc_normal",
         init_std: float = 0.02,
         init_depth: int = 0,
+        act: Literal["silu", "gelu"] = "silu",
+        expert_init: InitStyle | None = None,
+        normalize: bool = True,
     ):
         super().__init__()
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k={top_k} must be between 1 and num_experts={num_experts}")
+        if act not in ("silu", "gelu"):
+            raise ValueError(f"unknown expert activation {act!r}; expected silu or gelu")
         self.dim, self.hidden, self.num_experts, self.top_k = dim, hidden, num_experts, top_k
-        self.capacity_factor = capacity_factor
+        self.capacity_factor, self.act, self.normalize = capacity_factor, act, normalize
         self.init, self.init_std, self.init_depth = check_style(init), init_std, init_depth
+        self.expert_init = check_style(expert_init or init)
         self.router = Linear(dim, num_experts, bias=False, init=init, init_std=init_std)
         # Stacked expert weights, stored `[E, out, in]` like nn.Linear.
         self.w1 = nn.Parameter(torch.empty(num_experts, hidden, dim))
@@ -60,15 +89,22 @@ class MoE(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        init_weight_(self.w1, self.init, std=self.init_std, fan_in=self.dim)
-        init_weight_(self.w3, self.init, std=self.init_std, fan_in=self.dim)
-        init_weight_(self.w2, self.init, std=self.init_std, fan_in=self.hidden, depth=self.init_depth)
+        init_weight_(self.w1, self.expert_init, std=self.init_std, fan_in=self.dim)
+        init_weight_(self.w3, self.expert_init, std=self.init_std, fan_in=self.dim)
+        init_weight_(self.w2, self.expert_init, std=self.init_std, fan_in=self.hidden, depth=self.init_depth)
+
+    def plan_note(self) -> str | None:
+        """`l3m plan` says when the experts are not SwiGLU (a YAML naming SiLU may hide it)."""
+        if self.act == "gelu":
+            return ("the MoE experts are GELU-gated (moe_act = gelu), not SiLU: as ml-l3m's AIMv2-MoE computes, "
+                    "whose YAML names nn.SiLU but whose Block hands its own nn.GELU to the megablocks experts")
+        return None
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Router probabilities `[T, E]`, chosen experts `[T, k]` and their weights `[T, k]`."""
         probs = self.router(x).float().softmax(dim=-1)
         weights, idx = probs.topk(self.top_k, dim=-1)
-        if self.top_k > 1:  # with k=1 the raw probability keeps the router in the gradient
+        if self.top_k > 1 and self.normalize:  # with k=1 the raw probability keeps the router in the gradient
             weights = weights / weights.sum(dim=-1, keepdim=True)
         return probs, idx, weights
 
@@ -91,13 +127,13 @@ class MoE(nn.Module):
             counts = [n // e_ + (1 if e < n % e_ else 0) for e in range(e_)]
             counts = [min(c, capacity) for c in counts] if capacity >= 0 else counts
             out = _run_experts(xf, self.w1, self.w3, self.w2, torch.argsort(expert, stable=True), token, weight,
-                               counts)
+                               counts, self.act)
         else:
-            out = moe_experts(xf, self.w1, self.w3, self.w2, expert, token, weight, capacity)
+            out = moe_experts(xf, self.w1, self.w3, self.w2, expert, token, weight, capacity, self.act)
         return out.reshape(shape), aux
 
 
-def _run_experts(x, w1, w3, w2, order, token, weight, counts: list[int]) -> torch.Tensor:
+def _run_experts(x, w1, w3, w2, order, token, weight, counts: list[int], act: str = "silu") -> torch.Tensor:
     """Each expert once, on its contiguous slice of the expert-sorted assignments."""
     out = torch.zeros_like(x)
     start = 0
@@ -106,30 +142,30 @@ def _run_experts(x, w1, w3, w2, order, token, weight, counts: list[int]) -> torc
             sel = order[start : start + c]
             tok = token[sel]
             xe = x[tok]
-            h = F.silu(F.linear(xe, w1[e].to(x.dtype))) * F.linear(xe, w3[e].to(x.dtype))
+            h = _act(F.linear(xe, w1[e].to(x.dtype)), act) * F.linear(xe, w3[e].to(x.dtype))
             y = F.linear(h, w2[e].to(x.dtype)) * weight[sel, None].to(x.dtype)
             out = out.index_add(0, tok, y)
         start += c
     return out
 
 
-def _dispatch(x, w1, w3, w2, expert, token, weight, capacity: int) -> torch.Tensor:
+def _dispatch(x, w1, w3, w2, expert, token, weight, capacity: int, act: str = "silu") -> torch.Tensor:
     num_experts = w1.shape[0]
     expert, token, weight, _ = _select(expert, token, weight, num_experts, capacity)
     counts = torch.bincount(expert, minlength=num_experts).tolist()
-    return _run_experts(x, w1, w3, w2, torch.argsort(expert, stable=True), token, weight, counts)
+    return _run_experts(x, w1, w3, w2, torch.argsort(expert, stable=True), token, weight, counts, act)
 
 
 # The dispatch has data-dependent shapes (how many tokens each expert gets). As one opaque operator
 # it keeps `torch.compile(fullgraph=True)` free of graph breaks while staying dropless and sparse.
 @torch.library.custom_op("l3m::moe_experts", mutates_args=())
 def moe_experts(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, expert: torch.Tensor,
-                token: torch.Tensor, weight: torch.Tensor, capacity: int) -> torch.Tensor:
-    return _dispatch(x, w1, w3, w2, expert, token, weight, capacity)
+                token: torch.Tensor, weight: torch.Tensor, capacity: int, act: str) -> torch.Tensor:
+    return _dispatch(x, w1, w3, w2, expert, token, weight, capacity, act)
 
 
 @moe_experts.register_fake
-def _(x, w1, w3, w2, expert, token, weight, capacity):
+def _(x, w1, w3, w2, expert, token, weight, capacity, act):
     return torch.empty_like(x)
 
 
@@ -145,7 +181,8 @@ def _select(expert, token, weight, num_experts: int, capacity: int):
 @torch.library.custom_op("l3m::moe_experts_backward", mutates_args=())
 def moe_experts_backward(grad: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor,
                          expert: torch.Tensor, token: torch.Tensor, weight: torch.Tensor,
-                         capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                         capacity: int, act: str
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of `moe_experts`, written out (custom operators run without autograd)."""
     num_experts = w1.shape[0]
     sel_expert, sel_token, sel_weight, keep = _select(expert, token, weight, num_experts, capacity)
@@ -161,17 +198,16 @@ def moe_experts_backward(grad: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, 
             xe = x[tok]
             a1, a3, b2 = w1[e].to(x.dtype), w3[e].to(x.dtype), w2[e].to(x.dtype)
             h1, h3 = F.linear(xe, a1), F.linear(xe, a3)
-            sig = torch.sigmoid(h1)
-            act = h1 * sig
-            h = act * h3
+            a, da = _act_grad(h1, act)
+            h = a * h3
             y = F.linear(h, b2)
             ge = grad[tok]
             g_sel_weight[sel] = (ge * y).sum(dim=-1).to(g_sel_weight.dtype)
             gy = ge * sel_weight[sel, None].to(x.dtype)
             g2[e] += (gy.t() @ h).to(g2.dtype)
             gh = gy @ b2
-            gh3 = gh * act
-            gh1 = gh * h3 * (sig * (1 + h1 * (1 - sig)))
+            gh3 = gh * a
+            gh1 = gh * h3 * da
             g1[e] += (gh1.t() @ xe).to(g1.dtype)
             g3[e] += (gh3.t() @ xe).to(g3.dtype)
             gx = gx.index_add(0, tok, gh1 @ a1 + gh3 @ a3)
@@ -185,20 +221,21 @@ def moe_experts_backward(grad: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, 
 
 
 @moe_experts_backward.register_fake
-def _(grad, x, w1, w3, w2, expert, token, weight, capacity):
+def _(grad, x, w1, w3, w2, expert, token, weight, capacity, act):
     return tuple(torch.empty_like(t) for t in (x, w1, w3, w2, weight))
 
 
 def _setup_context(ctx, inputs, output):
-    x, w1, w3, w2, expert, token, weight, capacity = inputs
+    x, w1, w3, w2, expert, token, weight, capacity, act = inputs
     ctx.save_for_backward(x, w1, w3, w2, expert, token, weight)
-    ctx.capacity = capacity
+    ctx.capacity, ctx.act = capacity, act
 
 
 def _backward(ctx, grad):
     x, w1, w3, w2, expert, token, weight = ctx.saved_tensors
-    gx, g1, g3, g2, gw = moe_experts_backward(grad.contiguous(), x, w1, w3, w2, expert, token, weight, ctx.capacity)
-    return gx, g1, g3, g2, None, None, gw, None
+    gx, g1, g3, g2, gw = moe_experts_backward(grad.contiguous(), x, w1, w3, w2, expert, token, weight, ctx.capacity,
+                                              ctx.act)
+    return gx, g1, g3, g2, None, None, gw, None, None
 
 
 moe_experts.register_autograd(_backward, setup_context=_setup_context)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -40,21 +42,29 @@ class ClsPool(nn.Module):
 
 @register("block")
 class EosPool(nn.Module):
-    """The token at the last position where `tokens == eos_id`, else the last token (as CLIP's
-    text tower reads its sentence embedding)."""
+    """The token where CLIP's text tower reads its sentence embedding: with `which=first` (ml-l3m's
+    ExtractEOS) the first position where `tokens == eos_id`, position 0 when there is none (so a
+    caption padded with EOS is read at its real end); with `which=last` the last EOS position, else
+    the last token."""
 
     outputs = ("x",)
 
-    def __init__(self, eos_id: int):
+    def __init__(self, eos_id: int, which: Literal["first", "last"] = "first"):
         super().__init__()
-        self.eos_id = eos_id
+        if which not in ("first", "last"):
+            raise ValueError(f"unknown which {which!r}; expected first or last")
+        self.eos_id, self.which = eos_id, which
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         n = tokens.shape[1]
-        pos = torch.arange(n, device=tokens.device).expand_as(tokens)
-        last = torch.where(tokens == self.eos_id, pos, -1).amax(dim=1)
-        last = torch.where(last < 0, n - 1, last)
-        return x[torch.arange(x.shape[0], device=x.device), last.to(x.device)]
+        is_eos = tokens == self.eos_id
+        if self.which == "first":
+            at = is_eos.int().argmax(dim=1)  # argmax returns the first maximum; 0 when no EOS
+        else:
+            pos = torch.arange(n, device=tokens.device).expand_as(tokens)
+            at = torch.where(is_eos, pos, -1).amax(dim=1)
+            at = torch.where(at < 0, n - 1, at)
+        return x[torch.arange(x.shape[0], device=x.device), at.to(x.device)]
 
 
 @register("block")

@@ -2,7 +2,7 @@
 
 Layers live in an `nn.ModuleList` called `layers` so that FSDP, activation checkpointing and
 `torch.compile` can wrap each one. Feed-forwards can be dense or mixture-of-experts; the
-MoE load-balancing terms are summed into the `aux_loss` output.
+MoE load-balancing terms are averaged over the MoE layers into the `aux_loss` output.
 """
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ def _keep(x: torch.Tensor) -> torch.Tensor:
 
 
 class TransformerLayer(nn.Module):
-    """One pre-norm layer; each part is optional (`attn`, `cross_attn`, `mlp` may be None)."""
+    """One pre-norm layer; each part is optional (`attn`, `cross_attn`, `mlp` may be None).
+
+    `identity_attn` (with `attn` None) keeps the attention branch as an identity map, so the layer
+    adds `norm1(x)` to `x`: what ml-l3m's MLP-only blocks (AIMv1's decoder) compute.
+    """
 
     def __init__(
         self,
@@ -43,9 +47,11 @@ class TransformerLayer(nn.Module):
         norm_eps: float,
         norm_fp32: bool,
         drop_path: float,
+        identity_attn: bool = False,
     ):
         super().__init__()
-        self.norm1 = make_norm(norm, dim, norm_eps, norm_fp32) if attn is not None else None
+        self.identity_attn = identity_attn and attn is None
+        self.norm1 = make_norm(norm, dim, norm_eps, norm_fp32) if attn is not None or self.identity_attn else None
         self.attn = attn
         self.norm_cross = make_norm(norm, dim, norm_eps, norm_fp32) if cross_attn is not None else None
         self.cross_attn = cross_attn
@@ -65,6 +71,8 @@ class TransformerLayer(nn.Module):
         drop = self.drop_path if self.drop_path.p > 0.0 else _keep
         if self.attn is not None:
             x = x + drop(self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rope=rope))
+        elif self.identity_attn:
+            x = x + drop(self.norm1(x))
         if self.cross_attn is not None:
             x = x + drop(self.cross_attn(self.norm_cross(x), context=context))
         aux = None
@@ -80,12 +88,16 @@ class TransformerLayer(nn.Module):
 class Transformer(nn.Module):
     """A stack of `depth` pre-norm transformer layers and an optional final norm.
 
-    Outputs: `x`; `aux_loss`, the MoE balancing terms summed over layers and scaled by
-    `moe_aux_scale` (a zero scalar without MoE); and `hidden`, the final-normed average of the
+    Outputs: `x`; `aux_loss`, the MoE balancing terms averaged over the MoE layers and scaled by
+    `moe_aux_scale` (a zero scalar without MoE; the mean, as megablocks' `batched_load_balancing_loss`
+    divides by the number of layers); and `hidden`, the final-normed average of the
     last `return_hidden` layers' outputs (None when `return_hidden` is 0).
 
     `mask` is a boolean `[B, 1, N, N]` (True = may attend). With `causal` it is intersected
     with the causal mask, so prefix attention is `causal=false` plus a PrefixCausalMask.
+
+    `attention=false` drops self-attention; `identity_attn=true` then keeps its branch as an
+    identity (each layer adds `norm1(x)`), as ml-l3m's MLP-only blocks do (AIMv1's decoder).
     """
 
     outputs = ("x", "aux_loss?", "hidden?")
@@ -114,6 +126,7 @@ class Transformer(nn.Module):
         rope_scaling: list[float] | None = None,
         causal: bool = False,
         attention: bool = True,
+        identity_attn: bool = False,
         drop_path: float = 0.0,
         final_norm: bool = True,
         moe_every: int = 0,
@@ -121,6 +134,9 @@ class Transformer(nn.Module):
         top_k: int = 1,
         capacity_factor: float | None = None,
         moe_aux_scale: float = 0.01,
+        moe_act: Literal["silu", "gelu"] = "silu",
+        moe_init: InitStyle | None = None,
+        moe_normalize: bool = True,
         init: InitStyle = "trunc_normal",
         init_std: float = 0.02,
         cross_attention: bool = False,
@@ -133,6 +149,8 @@ class Transformer(nn.Module):
             raise ValueError(f"unknown mlp {mlp!r}; expected gelu, swiglu, geglu or none")
         if not attention and mlp == "none" and not cross_attention:
             raise ValueError("a transformer layer needs attention or an mlp")
+        if identity_attn and attention:
+            raise ValueError("identity_attn replaces self-attention: it needs attention=false")
         if moe_every and mlp == "none":
             raise ValueError("moe_every needs an mlp to replace")
         if not 0 <= return_hidden <= depth:
@@ -141,7 +159,7 @@ class Transformer(nn.Module):
         self.dim, self.depth, self.causal = dim, depth, causal
         self.moe_aux_scale, self.return_hidden = moe_aux_scale, return_hidden
         act, glu = _MLP.get(mlp, ("gelu", False))
-        # MoE experts are always gated-SiLU, so they get the GLU size unless `hidden` is given.
+        # MoE experts are always gated (`moe_act`: SiLU or GELU), so they get the GLU size unless `hidden` is given.
         dense_hidden = hidden or mlp_hidden(dim, mlp_ratio, glu, multiple_of)
         moe_hidden = hidden or mlp_hidden(dim, mlp_ratio, True, multiple_of)
         # Stochastic depth grows linearly to `drop_path` at the last layer (plain Python: no
@@ -160,11 +178,13 @@ class Transformer(nn.Module):
             if mlp == "none":
                 ffn = None
             elif moe_every and (i + 1) % moe_every == 0:
-                ffn = MoE(dim, moe_hidden, num_experts, top_k, capacity_factor, init_depth=depth, **common)
+                ffn = MoE(dim, moe_hidden, num_experts, top_k, capacity_factor, init_depth=depth, act=moe_act,
+                          expert_init=moe_init, normalize=moe_normalize, **common)
             else:
                 ffn = MLP(dim, dense_hidden, act=act, bias=mlp_bias, glu=glu, init_depth=depth, **common)
-            layers.append(TransformerLayer(dim, attn, cross, ffn, norm, norm_eps, norm_fp32, rates[i]))
+            layers.append(TransformerLayer(dim, attn, cross, ffn, norm, norm_eps, norm_fp32, rates[i], identity_attn))
         self.layers = nn.ModuleList(layers)
+        self.num_moe = sum(isinstance(layer.mlp, MoE) for layer in layers)
         self.rope = RotaryEmbedding(head_dim, rope_theta, rope_scaling) if rope else None
         self.norm = make_norm(norm if final_norm else "none", dim, norm_eps, norm_fp32)
 
@@ -185,7 +205,7 @@ class Transformer(nn.Module):
             if self.return_hidden and i >= first_kept:
                 kept.append(x)
         hidden = self.norm(torch.stack(kept).mean(dim=0)) if kept else None
-        return self.norm(x), aux * self.moe_aux_scale, hidden
+        return self.norm(x), aux * (self.moe_aux_scale / max(self.num_moe, 1)), hidden
 
 
 def _decoder_signature() -> inspect.Signature:
