@@ -64,6 +64,19 @@ class Port:
     variadic: bool = False  # `*xs`: any number of keys (e.g. concatenation)
 
 
+def ports_from_params(params: list[inspect.Parameter]) -> tuple[Port, ...]:
+    """Input ports of a `forward`/`__call__` (without `self`): shared by imported and statically read entries."""
+    ports = []
+    for p in params:
+        if p.name == "rng" and p.kind is p.KEYWORD_ONLY:  # a generator's random source, not a port
+            continue
+        if p.kind is p.VAR_POSITIONAL:
+            ports.append(Port(p.name, optional=True, variadic=True))
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            ports.append(Port(p.name, optional=p.default is not p.empty))
+    return tuple(ports)
+
+
 @dataclass
 class Entry:
     """A registered name and what the checker may know about it without calling it."""
@@ -103,15 +116,7 @@ class Entry:
         fn = getattr(self.obj, method, None)
         if fn is None:
             return ()
-        ports = []
-        for p in list(inspect.signature(fn).parameters.values())[1:]:
-            if p.name == "rng" and p.kind is p.KEYWORD_ONLY:  # a generator's random source, not a port
-                continue
-            if p.kind is p.VAR_POSITIONAL:
-                ports.append(Port(p.name, optional=True, variadic=True))
-            elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
-                ports.append(Port(p.name, optional=p.default is not p.empty))
-        return tuple(ports)
+        return ports_from_params(list(inspect.signature(fn).parameters.values())[1:])
 
     @cached_property
     def outputs(self) -> tuple[Port, ...]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from l3m.dsl.ext_locate import Located, locate
-from l3m.registry import _PORT_METHOD, KINDS, Entry, Port
+from l3m.registry import _PORT_METHOD, KINDS, Entry, Port, ports_from_params
 
 MAX_MODULES = 256  # modules of one extension package read at most
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
@@ -329,15 +329,7 @@ class _Reader:
                 return None
         else:
             params = _params(found[1], found[2], drop_first=False)
-        ports = []
-        for p in params[1:]:
-            if p.name == "rng" and p.kind is p.KEYWORD_ONLY:
-                continue
-            if p.kind is p.VAR_POSITIONAL:
-                ports.append(Port(p.name, optional=True, variadic=True))
-            elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
-                ports.append(Port(p.name, optional=p.default is not p.empty))
-        return tuple(ports)
+        return ports_from_params(params[1:])
 
     @staticmethod
     def _outputs(found: _Found, name: str, kind: str, skipped: list[str]) -> tuple[str, ...] | None:

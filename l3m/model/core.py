@@ -316,7 +316,7 @@ class MetaModel(nn.Module):
         # The source holds only literals and checked identifiers, so the ordinary builtins are safe
         # (and dynamo needs them: its resume functions look builtins up in the frame's globals).
         namespace: dict[str, Any] = {}
-        exec(compile(src, filename, "exec"), namespace)
+        exec(compile(src, filename, "exec"), namespace)  # safe: keys are repr()s, ports/locals/attrs checked identifiers
         self._source = src
         self._generated_forward = namespace["forward"]
 

@@ -417,6 +417,7 @@ def _dcp_load(target: dict[str, torch.Tensor], path: Path, no_dist: bool) -> Non
     `UnsafeCheckpoint` or `ValueError`, so that they are reported like any bad checkpoint."""
     try:
         with _quiet_single_process():
+            # safe: restricted metadata unpickler, tensors only (weights_only=True), manifest verified first
             dcp.load(target, storage_reader=SafeFileSystemReader(str(path)), planner=TensorsOnlyPlanner(),
                      no_dist=no_dist)
     except CheckpointException as e:

@@ -126,6 +126,17 @@ def param_groups(
     return list(groups.values())
 
 
+def _adam_groups(named_params: NamedParams, lr: float, betas: Sequence[float], weight_decay: float,
+                 no_decay: Sequence[str], decay_1d: bool, stage_lr: Sequence[str],
+                 layer_decay: float) -> tuple[list[dict], tuple[float, float]]:
+    """The parameter groups and the (beta1, beta2) pair that every Adam variant here starts from."""
+    if len(betas) != 2:
+        raise ValueError(f"betas must hold two numbers, got {list(betas)}")
+    groups = param_groups(named_params, lr=lr, weight_decay=weight_decay, no_decay=no_decay, decay_1d=decay_1d,
+                          stage_lr=stage_lr, layer_decay=layer_decay)
+    return groups, (float(betas[0]), float(betas[1]))
+
+
 @register("optimizer")
 def AdamW(
     named_params: NamedParams,
@@ -142,21 +153,11 @@ def AdamW(
 ) -> torch.optim.AdamW:
     """AdamW (decoupled weight decay). `fused` uses the fused kernel; `foreach` the multi-tensor one
     (None: torch's default for the device)."""
-    if len(betas) != 2:
-        raise ValueError(f"betas must hold two numbers, got {list(betas)}")
-    groups = param_groups(
-        named_params,
-        lr=lr,
-        weight_decay=weight_decay,
-        no_decay=no_decay,
-        decay_1d=decay_1d,
-        stage_lr=stage_lr,
-        layer_decay=layer_decay,
-    )
+    groups, pair = _adam_groups(named_params, lr, betas, weight_decay, no_decay, decay_1d, stage_lr, layer_decay)
     return torch.optim.AdamW(
         groups,
         lr=lr,
-        betas=(float(betas[0]), float(betas[1])),
+        betas=pair,
         eps=eps,
         weight_decay=weight_decay,
         fused=fused or None,
@@ -362,15 +363,5 @@ def AdamLH(
 ) -> AdamLHOptimizer:
     """Adam with fully decoupled weight decay (shrink `weight_decay * lr_t / lr` per step); see
     `AdamLHOptimizer`. `weight_decay` is therefore a per-step fraction, e.g. 1e-4, not AdamW's 0.05."""
-    if len(betas) != 2:
-        raise ValueError(f"betas must hold two numbers, got {list(betas)}")
-    groups = param_groups(
-        named_params,
-        lr=lr,
-        weight_decay=weight_decay,
-        no_decay=no_decay,
-        decay_1d=decay_1d,
-        stage_lr=stage_lr,
-        layer_decay=layer_decay,
-    )
-    return AdamLHOptimizer(groups, lr=lr, betas=(float(betas[0]), float(betas[1])), eps=eps, weight_decay=weight_decay)
+    groups, pair = _adam_groups(named_params, lr, betas, weight_decay, no_decay, decay_1d, stage_lr, layer_decay)
+    return AdamLHOptimizer(groups, lr=lr, betas=pair, eps=eps, weight_decay=weight_decay)

@@ -4,8 +4,8 @@ torch's `FileSystemReader.read_metadata` unpickles `.metadata` with plain `pickl
 checkpoint could run code the moment it is opened. Here `.metadata` goes through a restricted
 unpickler that can build only DCP's metadata records and the few torch values in them (sizes,
 dtypes, layouts); anything else is refused before it is created. The decoded metadata is then
-checked: only tensor entries (DCP would `torch.load(weights_only=False)` a non-tensor "bytes"
-entry), payload files named plainly inside the checkpoint, no stream transforms. The tensors
+checked: only tensor entries (DCP would torch-load a non-tensor "bytes" entry without `weights_only`;
+such entries are refused), payload files named plainly inside the checkpoint, no stream transforms. The tensors
 themselves are read by DCP with `torch.load(weights_only=True)`.
 
 `check_tree` is the part of a checkpoint's verification that needs no payload: the manifest
@@ -186,7 +186,7 @@ def read_metadata(directory: str | Path, filename: str = METADATA_FILE) -> dcp_m
     return _check(metadata, directory)
 
 
-class SafeFileSystemReader(FileSystemReader):
+class SafeFileSystemReader(FileSystemReader):  # safe: read_metadata uses the restricted unpickler
     """DCP's file reader with `read_metadata` replaced by the restricted one above."""
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> dcp_md.Metadata:
