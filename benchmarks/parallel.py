@@ -48,8 +48,8 @@ def worker(example: str, overrides: list[str], threads: list[int], rounds: int, 
         base = common.load(example, overrides)
         source = next(n for n in base.program.of_role("source") if n.name == "train")
         global_batch = int(source.call.kwargs["batch_size"])  # the file's: the global batch
-        local = global_batch // rt.world_size
-        s = build_session(common.load(example, [*overrides, f"data.train.batch_size={local}"]), rt)
+        local = global_batch // rt.world_size  # what each rank loads (l3m splits the global batch)
+        s = build_session(base, rt)
         tr = common.trainer(s)
         torch.set_num_threads(threads[0])
         first = tr.train_step().logs["loss"].detach().clone()

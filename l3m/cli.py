@@ -1,6 +1,7 @@
-"""The `l3m` command line: lint, graph, plan, train, eval, export, import, blocks, explain.
+"""The `l3m` command line: lint, graph, plan, train, rerun, eval, export, import, blocks, explain.
 
-Exit codes: 0 ok (warnings allowed), 1 errors found, 2 usage or I/O error.
+Exit codes: 0 ok (warnings allowed), 1 errors found, 2 usage or I/O error (also: the run directory is in
+use by another run); `train` stopped by SIGTERM / SIGINT after saving a checkpoint: 143 / 130 (128 + signal).
 Arguments of the form `path=value` are overrides (`train.steps=10 dim=64`); the rest are files.
 """
 
@@ -10,9 +11,21 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
+
+
+def _world_size(text: str) -> int:
+    """`--world-size N`: a number of processes, so a positive integer (argparse exits 2 otherwise)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of processes, got {n}")
+    return n
 
 
 def _split(items: list[str]) -> tuple[list[str], list[str]]:
@@ -132,9 +145,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     _print_diagnostics(compiled)
     if not compiled.ok:
         return EXIT_USAGE if _unreadable(compiled) else EXIT_ERRORS
+    from l3m.dsl.diagnostics import render_text
+    from l3m.model.blame import ProgramError
     from l3m.plan import format_plan, plan
 
-    result = plan(compiled.program, world_size=args.world_size or 1, schedule=compiled.flow.model_order())
+    try:
+        result = plan(compiled.program, world_size=args.world_size or 1, schedule=compiled.flow.model_order())
+    except ProgramError as e:  # a block that cannot be built, a mesh the model cannot be split over
+        print(render_text(e.diagnostic, compiled.sources, color=_color(sys.stderr)), file=sys.stderr)
+        return EXIT_ERRORS
     if args.format == "json":
         print(json.dumps(result, indent=2))
     else:
@@ -149,7 +168,45 @@ def cmd_train(args: argparse.Namespace) -> int:
     if len(files) != 1:
         print("l3m train: give exactly one .l3m file", file=sys.stderr)
         return EXIT_USAGE
-    return train_main(files[0], overrides, output=args.output, resume=args.resume, extensions=tuple(args.extension))
+    _note_recorded_overrides(Path(files[0]), overrides)
+    return train_main(files[0], overrides, output=args.output, resume=args.resume, extensions=tuple(args.extension),
+                      allow_changes=args.allow_changes)
+
+
+def _note_recorded_overrides(program: Path, overrides: list[str]) -> None:
+    """`l3m train RUN_DIR/program.l3m` without the overrides the run was recorded with: say so."""
+    if overrides or program.name != "program.l3m" or os.environ.get("RANK", "0") != "0":
+        return
+    from l3m.train.rundir import NotARunRecord, read_run_record
+
+    try:
+        _, recorded, _ = read_run_record(program.parent)
+    except (NotARunRecord, OSError):
+        return
+    if recorded:
+        print(f"note: {program} was recorded with the overrides {' '.join(recorded)}; "
+              f"`l3m rerun {program.parent}` applies them", file=sys.stderr)
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    """Train a run directory's recorded program again, with its recorded overrides (then any given)."""
+    from l3m.train.api import train_main
+    from l3m.train.rundir import NotARunRecord, read_run_record
+
+    run = Path(args.run)
+    try:
+        program, overrides, world = read_run_record(run)
+    except NotARunRecord as e:
+        print(f"l3m rerun: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    output = args.output or str(run.parent / f"{run.name}-rerun")
+    now = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"rerunning {program} into {output}" + (f" with {' '.join(overrides)}" if overrides else ""),
+              file=sys.stderr)
+        if world and world != now:
+            print(f"note: the run was recorded on {world} process(es), this is {now}", file=sys.stderr)
+    return train_main(str(program), [*overrides, *args.overrides], output=output, resume=args.resume)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -227,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--extension", action="append", default=[], metavar="MODULE",
                         help="import a Python module of registered blocks (repeatable)")
         if world_size:
-            sp.add_argument("--world-size", type=int, default=None, metavar="N",
+            sp.add_argument("--world-size", type=_world_size, default=None, metavar="N",
                             help="check and plan the mesh for N processes")
 
     s = sub.add_parser("lint", help="static checks of .l3m files (exit 1 on any error)")
@@ -254,7 +311,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", dest="resume", action="store_true", default=None,
                    help="continue from the latest checkpoint in the run directory (the default when one exists)")
     g.add_argument("--no-resume", dest="resume", action="store_false", help="start afresh even if checkpoints exist")
+    s.add_argument("--allow-changes", action="store_true",
+                   help="resume even when the program changes a structural setting (model, training data, seed)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("rerun", help="train a run directory's recorded program again (from that directory alone)")
+    s.add_argument("run", metavar="RUN_DIR")
+    s.add_argument("overrides", nargs="*", metavar="PATH=VALUE", help="applied after the recorded overrides")
+    s.add_argument("--output", "-o", metavar="DIR", help="the new run directory (default RUN_DIR-rerun)")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--resume", dest="resume", action="store_true", default=None,
+                   help="continue from the latest checkpoint in the new run directory (the default when one exists)")
+    g.add_argument("--no-resume", dest="resume", action="store_false", help="start afresh even if checkpoints exist")
+    s.set_defaults(func=cmd_rerun)
 
     s = sub.add_parser("eval", help="evaluate a checkpoint on the file's eval data")
     common(s, world_size=False)
@@ -290,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     from l3m.tokenizer_cli import add_parser as add_tokenizer_parser
 
     add_tokenizer_parser(sub)
+    from l3m.data_cli import add_parser as add_data_parser
+
+    add_data_parser(sub)
+    from l3m.fmt_cli import add_parser as add_fmt_parser
+
+    add_fmt_parser(sub)
     return p
 
 
@@ -316,14 +391,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # a second SIGINT/SIGTERM during `train` carries its signal
         print("l3m: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", 2)
     except BrokenPipeError:
         return EXIT_OK
     except Exception as e:  # a bug in l3m, not in the user's file: say so without a wall of traceback
+        from l3m.train.rank_errors import rank_prefix, record_failure
+
+        record_failure(f"{rank_prefix()}{type(e).__name__}: {e}", traceback.format_exc())  # for torchrun's summary
         if os.environ.get("L3M_DEBUG"):
             raise
-        print(f"l3m: internal error: {type(e).__name__}: {e}\n(set L3M_DEBUG=1 for the traceback; please report it)",
-              file=sys.stderr)
+        print(f"l3m: {rank_prefix()}internal error: {type(e).__name__}: {e}\n"
+              "(set L3M_DEBUG=1 for the traceback; please report it)", file=sys.stderr)
         return EXIT_ERRORS

@@ -1,4 +1,4 @@
-"""Schemas of the settings sections (`train`, `mesh`, `log`).
+"""Schemas of the settings sections (`train`, `mesh`, `log`, and the `data` section's settings lines).
 
 The checker holds each section's keys and value types against these dataclasses, so a
 typo (`train { stpes = 10 }`) is a compile error with a suggestion, and the trainer reads
@@ -17,7 +17,8 @@ class TrainConfig:
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
     grad_clip: float = 0.0  # 0 disables clipping
-    grad_accum: int = 1  # micro-batches per optimizer step
+    grad_accum: int = 1  # micro-batches per rank per optimizer step (the train source's batch_size is global)
+    micro_batch: int = 0  # samples per micro-batch per rank; 0: derived (batch_size / (dp ranks × grad_accum))
     eval_every: int = 0  # 0: only at the end (when eval data is declared)
     eval_steps: int = 0  # batches per evaluation; 0: the whole eval set
     checkpoint_every: int = 0  # 0: only at the end
@@ -56,7 +57,21 @@ class LogConfig:
     console: Literal["rich", "plain", "none"] = "rich"
 
 
-SECTION_SCHEMAS: dict[str, type] = {"train": TrainConfig, "mesh": MeshConfig, "log": LogConfig}
+@dataclass
+class DataConfig:
+    """Settings lines of the `data` section (beside its sources): what a bad sample does.
+
+    `raise`: a sample that cannot be read stops the run with one line naming the file and offset.
+    `skip`: it is replaced by the next sample that loads and counted (`data_errors` in the metrics,
+    kept in checkpoints); past `max_error_fraction` of the samples seen (measured over at least
+    `l3m.data.loader.MIN_ERROR_WINDOW` samples) the run stops.
+    """
+
+    on_error: Literal["raise", "skip"] = "raise"
+    max_error_fraction: float = 0.01
+
+
+SECTION_SCHEMAS: dict[str, type] = {"train": TrainConfig, "mesh": MeshConfig, "log": LogConfig, "data": DataConfig}
 
 
 def section_fields(name: str) -> dict[str, Any]:
@@ -74,6 +89,8 @@ def build_section(name: str, values: dict[str, Any]) -> Any:
 
 def resolve_mesh(mesh: MeshConfig, world_size: int) -> dict[str, int]:
     """Fill in the one `-1` dimension; raise ValueError with a readable reason if it cannot fit."""
+    if world_size < 1:
+        raise ValueError(f"the world size must be a positive number of processes, got {world_size}")
     dims = {"dp_replicate": mesh.dp_replicate, "dp_shard": mesh.dp_shard, "tp": mesh.tp, "cp": mesh.cp}
     free = [k for k, v in dims.items() if v == -1]
     bad = [k for k, v in dims.items() if v == 0 or v < -1]

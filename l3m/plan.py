@@ -31,10 +31,13 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from l3m.config import build_section, resolve_mesh
+from l3m.dsl.diagnostics import Diagnostic
 from l3m.dsl.ir import KeyDecl, Node, Program
+from l3m.model.blame import ProgramError, setting_span
 from l3m.model.build import build_model, entry_for, instantiate, module_path, root_prefix
 from l3m.model.core import MetaModel, bind_ports, params_by_block
 from l3m.model.criterion import build_criterion
+from l3m.model.patterns import unused_no_decay
 from l3m.registry import lookup
 
 DTYPES: dict[str, torch.dtype] = {
@@ -52,8 +55,26 @@ MOMENTUM_DEFAULTS = {"SGD": 0.0, "LARS": 0.9}  # no state when momentum = 0
 FP32 = 4
 
 
+def batch_layout(program: Program, dp: int, notes: list[str]) -> dict[str, int] | None:
+    """The train source's global batch split over `dp` data-parallel ranks (None: not known)."""
+    from l3m.data.global_batch import program_layout
+
+    try:
+        layout = program_layout(program, dp)
+    except ValueError as e:
+        notes.append(f"the global batch does not fit this mesh: {e}")
+        return None
+    if layout is None:
+        return None
+    return {"global": layout.global_batch, "micro_per_rank": layout.micro, "grad_accum": layout.accum,
+            "data_parallel": layout.dp}
+
+
 def plan(program: Program, world_size: int = 1, *, schedule: Sequence[str] | None = None) -> dict[str, Any]:
-    """The plan of `program` on `world_size` ranks, as JSON-able numbers (see the module doc)."""
+    """The plan of `program` on `world_size` ranks, as JSON-able numbers (see the module doc).
+
+    Mistakes that only the built model shows raise `ProgramError` (a block that cannot be built, a
+    mesh the model cannot be split over)."""
     train = program.section("train")
     mesh = resolve_mesh(build_section("mesh", program.section("mesh")), world_size)
     dtype = train.get("dtype", "fp32")
@@ -63,6 +84,10 @@ def plan(program: Program, world_size: int = 1, *, schedule: Sequence[str] | Non
 
     model = build_model(program, device="meta", schedule=schedule)
     criterion = build_criterion(program, device="meta", metrics=False) if program.of_role("loss") else None
+    check_plan_mesh(program, model, mesh)
+    names = [n for n, _ in model.named_parameters()]
+    names += [f"criterion.{n}" for n, _ in criterion.named_parameters()] if criterion is not None else []
+    notes += unused_no_decay(program, names)
     params = count_params(program, model, criterion)
     notes += block_notes(model)
 
@@ -84,6 +109,8 @@ def plan(program: Program, world_size: int = 1, *, schedule: Sequence[str] | Non
         "optimizer": states * FP32 * sharded_numel(trainable, shard),
     }
     mem["total"] = sum(mem.values())
+    notes += memory_notes(mem, _all_params(model, criterion), shard)
+    batch = batch_layout(program, mesh["dp_replicate"] * mesh["dp_shard"], notes)
     return {
         "params": params,
         "flops_per_sample": flops,
@@ -91,11 +118,43 @@ def plan(program: Program, world_size: int = 1, *, schedule: Sequence[str] | Non
         "memory_per_rank": mem,
         "mesh": mesh,
         "world_size": world_size,
+        "batch": batch,
         "dtype": dtype,
         "compute_dtype": compute,
         "optimizer": program.optimizer.type_name if program.optimizer else None,
         "notes": notes,
     }
+
+
+def check_plan_mesh(program: Program, model: nn.Module, mesh: Mapping[str, int]) -> None:
+    """Refuse a tensor-parallel size the model cannot be split over (as the run would), at the mesh."""
+    if mesh["tp"] <= 1:
+        return
+    from l3m.dist.tp import check_tp
+
+    try:
+        check_tp(model, mesh["tp"])
+    except ValueError as e:
+        raise ProgramError(Diagnostic("E601", f"the mesh cannot be laid out: {e}", setting_span(program, "mesh", "tp"))
+                           ) from e
+
+
+LARGE_MEMORY = 2**40  # 1 TiB per rank: more than any single accelerator holds
+
+
+def memory_notes(mem: Mapping[str, int], params: Sequence[torch.Tensor], shard: int) -> list[str]:
+    """What makes a per-rank figure surprising: more than any device holds, or ranks past the parameters' rows."""
+    if any(v < 0 for v in mem.values()):  # cannot happen for a positive shard: a bug, not the user's
+        raise AssertionError(f"negative memory figures {dict(mem)} for shard {shard}")
+    notes = []
+    if mem["total"] > LARGE_MEMORY:
+        notes.append(f"{_bytes(mem['total'])} per rank is more than any single accelerator holds: shard over more "
+                     "ranks (mesh.dp_shard, mesh.tp) or shrink the model")
+    short = [p for p in params if p.dim() > 0 and p.shape[0] < shard]
+    if short:
+        notes.append(f"{len(short)} parameter tensor(s) have fewer rows than the {shard} ranks they are sharded over; "
+                     "FSDP pads each rank's shard to a whole row, so memory per rank stops shrinking with more ranks")
+    return notes
 
 
 def block_notes(model: torch.nn.Module) -> list[str]:
@@ -217,6 +276,10 @@ def _source_batch(program: Program, notes: list[str]) -> dict[str, torch.Tensor]
     node = _train_source(program)
     if node is None:
         return {}
+    if node.call.type_name == "Mixture":  # its samples are its first source's, under the same keys
+        from l3m.data.sources.mixture import mixture_parts
+
+        node = next(iter(mixture_parts(program, node)), node)
     where = f"{node.span}: {node.path}"
     try:
         spec = instantiate(node.call, entry_for(node.call, ("source",), where)).spec()
@@ -346,7 +409,7 @@ def _si(x: float, unit: str = "") -> str:
 
 
 def _bytes(x: float) -> str:
-    for scale, name in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+    for scale, name in ((2**60, "EiB"), (2**50, "PiB"), (2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
         if abs(x) >= scale:
             return f"{x / scale:.2f} {name}"
     return f"{int(x)} B"
@@ -386,5 +449,10 @@ def format_plan(p: Mapping[str, Any]) -> str:
     )
     for part in ("params", "grads", "optimizer"):
         lines.append(f"    {part:<24}{_bytes(p['memory_per_rank'][part]):>16}")
+    b = p.get("batch")
+    if b:
+        lines.append(f"{'global batch':<28}{b['global']:>16,}   samples per optimizer step, all ranks")
+        lines.append(f"{'micro-batch per rank':<28}{b['micro_per_rank']:>16,}   × {b['data_parallel']} data-parallel "
+                     f"rank(s) × {b['grad_accum']} accumulation step(s)")
     lines += [f"note: {n}" for n in p.get("notes", [])]
     return "\n".join(lines)

@@ -120,7 +120,9 @@ class Entry:
 
     @cached_property
     def outputs(self) -> tuple[Port, ...]:
-        return tuple(Port(n.rstrip("?"), optional=n.endswith("?")) for n in self.outputs_spec)
+        # "*": any keys, each bound to a port of its own name (a Mixture writes what its parts write)
+        return tuple(Port("*", optional=True, variadic=True) if n == "*" else Port(n.rstrip("?"), optional=n.endswith("?"))
+                     for n in self.outputs_spec)
 
 
 _REGISTRY: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}

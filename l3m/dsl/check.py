@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from l3m.config import MeshConfig, resolve_mesh
+from l3m.data.global_batch import TRAIN_SOURCE, derive_layout, source_batch_size, train_settings
+from l3m.dsl.datacheck import check_data
 from l3m.dsl.diagnostics import Diagnostic
 from l3m.dsl.ir import Program
+from l3m.dsl.refcheck import check_references
 from l3m.dsl.schedule import Dataflow, dataflow
 from l3m.dsl.tokcheck import check_tokenizers
 
@@ -13,7 +16,10 @@ def check(program: Program, world_size: int | None = None) -> tuple[Dataflow, li
     flow = dataflow(program)
     diags = list(flow.diagnostics)
     diags += _check_mesh(program, world_size)
+    diags += _check_global_batch(program, world_size)
     diags += check_tokenizers(program)
+    diags += check_references(program, flow)
+    diags += check_data(program)
     return flow, diags
 
 
@@ -37,3 +43,50 @@ def _smallest_fit(mesh: MeshConfig) -> int:
     for v in (mesh.dp_replicate, mesh.dp_shard, mesh.tp, mesh.cp):
         fixed *= v if v > 0 else 1
     return fixed
+
+
+def _static_dp(program: Program, world_size: int | None) -> int | None:
+    """The data-parallel size (dp_replicate × dp_shard) when it is known before launch."""
+    section = program.sections.get("mesh")
+    try:
+        mesh = MeshConfig(**section.values) if section is not None else MeshConfig()
+    except TypeError:
+        return None
+    if world_size:
+        try:
+            dims = resolve_mesh(mesh, world_size)
+        except ValueError:
+            return None  # E601 says why
+        return dims["dp_replicate"] * dims["dp_shard"]
+    if mesh.dp_replicate > 0 and mesh.dp_shard > 0:
+        return mesh.dp_replicate * mesh.dp_shard
+    return None
+
+
+def _check_global_batch(program: Program, world_size: int | None) -> list[Diagnostic]:
+    """E604: the train source's global batch cannot be split over the data-parallel ranks and
+    accumulation steps (checked in full when the mesh fixes the data-parallel size, or with a
+    world size; otherwise only what fails on any number of ranks)."""
+    node = next((n for n in program.of_role("source") if n.name == TRAIN_SOURCE), None)
+    if node is None:
+        return []
+    batch, span = source_batch_size(node)
+    if batch is None:
+        return []  # a batch below 1 is E604 on any number of ranks (derive_layout says so)
+    accum, micro = train_settings(program)
+    dp = _static_dp(program, world_size)
+    try:
+        if dp is not None:
+            derive_layout(batch, dp, accum, micro)
+        elif micro and accum:
+            if batch % (micro * accum):
+                raise ValueError(f"the global batch {batch} is not a multiple of train.micro_batch × train.grad_accum "
+                                 f"= {micro * accum}, on any number of ranks")
+        else:
+            derive_layout(batch, 1, accum, micro)
+    except ValueError as e:
+        where = f" (world size {world_size})" if world_size else ""
+        return [Diagnostic("E604", f"{e}{where}", span,
+                           "the train source's batch_size is the global batch: it must be micro_batch × "
+                           "data-parallel ranks (dp_replicate × dp_shard) × grad_accum")]
+    return []

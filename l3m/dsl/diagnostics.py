@@ -35,6 +35,11 @@ CODES: dict[str, tuple[str, str]] = {
              "or a data generator reads a key that the model writes."),
     "E105": ("data-keys", "Every data source must write the same keys, so that the model, losses and metrics\n"
              "can run on any of them (train and eval)."),
+    "E106": ("criterion-output", "A loss or metric reads a key that a loss or metric writes. Losses and metrics all\n"
+             "read what the data and the model wrote; their own outputs are logged, never passed to one\n"
+             "another, so such a key would be missing when the step runs. Read the model's key instead.\n\n"
+             "    metric ppl: Perplexity()       logits, targets -> ppl\n"
+             "    loss   ce:  LMCrossEntropy()   ppl, targets -> loss     # error: 'ppl' is a metric's output"),
     "E201": ("unknown-name", "The name is not registered as a block, data source, generator, loss, metric,\n"
              "optimizer or schedule (or is not a template `def`). `l3m blocks` lists what exists. Your\n"
              "own blocks are registered with `@l3m.register(...)` in a module named by `extension`."),
@@ -85,9 +90,13 @@ CODES: dict[str, tuple[str, str]] = {
              "`data.train.batch_size`, `model.trunk.blocks.depth`, `loss.text.weight`, ..."),
     "E601": ("mesh", "The declared mesh cannot be laid over the world size: the product of the fixed\n"
              "dimensions must divide it, and at most one dimension may be -1."),
-    "E602": ("setting", "A `train`, `mesh` or `log` section has a key that does not exist, or a value of the\n"
-             "wrong type."),
+    "E602": ("setting", "A `train`, `mesh` or `log` section, or a settings line of `data` (`on_error`,\n"
+             "`max_error_fraction`), has a key that does not exist, or a value of the wrong type, or a\n"
+             "negative count (`train.steps`, `log_every`, `eval_every`, `checkpoint_every`, `keep`, ...)."),
     "E603": ("section", "A section appears twice, e.g. two `optimizer` lines or two `mesh` blocks."),
+    "E604": ("global-batch", "The train source's `batch_size` is the global batch of one optimizer step; it must\n"
+             "split into `train.micro_batch` × data-parallel ranks (`dp_replicate × dp_shard`) × `train.grad_accum`.\n"
+             "Checked when the mesh or `--world-size` fixes the data-parallel size."),
     "E701": ("incomplete", "The program lacks something the command needs, e.g. `train` needs a data source\n"
              "named `train`, a model, a loss and an optimizer."),
     "E811": ("tokenizer", "A data source's `tokenizer` cannot be used: the file or folder does not exist, it is not\n"
@@ -103,6 +112,40 @@ CODES: dict[str, tuple[str, str]] = {
              "`bos_id` or `ignore_index` outside the vocabulary; an `eos_id` (EOS pooling) other than the EOS\n"
              "the captions end with; a caption loss's `ignore_index` other than the padding id; or a\n"
              "`pad_token` the tokenizer lacks. `l3m tokenizer info TOKENIZER` prints the special ids."),
+    "E821": ("token-shards", "A `TokenShards` directory holds a manifest.json that cannot be used: not valid JSON,\n"
+             "not a token-shard manifest, another format version, or a field is missing. Prepare it again\n"
+             "with `l3m data prepare --tokenizer TOK --output DIR CORPUS...`."),
+    "W821": ("token-shards-absent", "A `TokenShards` directory (or its manifest.json) is not there, so lint cannot check\n"
+             "its vocabulary against the model. Fine when the data is prepared on another machine; a run\n"
+             "stops with a message if it is still missing. An interrupted prepare is finished by re-running it."),
+    "E830": ("document-mask", "Document masking is asked for where it cannot work: a data source binds its\n"
+             "`segments` port but cannot give it (byte streams and `pack = false` have no packed documents), or\n"
+             "a `DocumentMask` has neither `segments` bound (`DocumentMask() (segments = segments) -> mask`)\n"
+             "nor an `eos_id` to find documents in `tokens`. Also: a source with optional ports (`WebDataset`,\n"
+             "`HFDataset`: image?, text?, label?) bound where its arguments give no such port, or positionally\n"
+             "so that a key lands on another port (`-> image, label` binds `label` to `text`): bind by name."),
+    "E831": ("mixture", "A `Mixture` data source is malformed: a name in `sources` is not another entry of the\n"
+             "`data` section (or is a mixture itself, or `train`), `weights` are not positive or not one per\n"
+             "source, or a source does not write every key the mixture writes."),
+    "E208": ("tie-target", "A block's `tie` argument names no block of the model, or several (tie by the block's\n"
+             "name when it is unique, else by its path such as `gpt.preprocessor.embed`), or the block itself.\n\n"
+             "    head { lm: LMHead(dim = 64, vocab = 2048, tie = \"embd\") x -> logits }   # no block 'embd'"),
+    "E640": ("pattern", "A parameter-name pattern matches nothing, so the setting would silently do nothing:\n"
+             "a `train.freeze` glob that matches no parameter of the model (checked by `plan` and `train`),\n"
+             "or a `train.init_include` / `init_exclude` glob that matches no tensor of the `init_from` file\n"
+             "(checked by `train`). Patterns are fnmatch globs over full names; `l3m plan` lists the blocks,\n"
+             "whose paths start the names (`trunk.blocks.layers.0.attn.qkv.weight`). An optimizer's `no_decay`\n"
+             "glob that matches nothing is only a note of `plan` (shared recipes list patterns for other models)."),
+    "E901": ("block-failed", "A block, loss, metric or other node raised an error while it was built (its\n"
+             "constructor refused the file's arguments) or while it ran on a batch (a shape that does not\n"
+             "fit, e.g. a `Linear` whose `in_features` differ from the width of the block before it). The\n"
+             "message names the node, its type and what it said; a note gives the shapes of its inputs.\n"
+             "Set L3M_DEBUG=1 to see the Python traceback as well."),
+    "E902": ("label-range", "A class label is outside the classes of the logits a loss or metric compares it with:\n"
+             "the message names the key, the label and the number of classes. Labels must lie in\n"
+             "[0, classes) (or be the loss's `ignore_index`). Labels are checked on every batch on the CPU\n"
+             "and on the first batches on a GPU, where an out-of-range label would otherwise stop the\n"
+             "process with a device-side assert. Fix the data, or the head's `num_classes` / `vocab`."),
     "W101": ("unused-output", "A key written by a block or generator is never read by anything later. Remove the\n"
              "binding, or read it (for example in a loss or metric)."),
     "W102": ("unused-declaration", "A key declared in `keys { ... }` is never written."),

@@ -396,7 +396,12 @@ class _ToAst(Transformer):
     def shape(self, dims):
         return [self._int(d) if d.type == "INT" else str(d) for d in dims[1:] if d is not None]
 
-    def data(self, nodes):
+    def data(self, items):
+        # Settings lines (`on_error = skip`) form the `data` settings section; the rest are sources.
+        settings = [i for i in items if isinstance(i, ast.Setting)]
+        nodes = [i for i in items if not isinstance(i, ast.Setting)]
+        if settings:
+            return [("data", nodes), ast.SectionDecl("data", settings[0].span, settings)]
         return ("data", nodes)
 
     @v_args(inline=True)
@@ -426,7 +431,10 @@ class _ToAst(Transformer):
             raise ParseFailure(Diagnostic("E003", f"this is l3m language version {LANGUAGE_VERSION}; the file asks "
                                           f"for a version of {len(digits):,} digits", self._tok(version)))
         mod = ast.Module(self.file, int(digits), self._tok(version))
+        flat = []
         for item in items:
+            flat.extend(item if isinstance(item, list) else [item])
+        for item in flat:
             if isinstance(item, ast.LetDecl):
                 mod.lets.append(item)
             elif isinstance(item, ast.ImportDecl):

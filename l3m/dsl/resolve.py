@@ -825,6 +825,8 @@ class Resolver:
         if ports is None:  # an extension entry whose ports its source does not tell: bound unchecked
             return [Binding(self._map_key(r.key, key_map), r.span, r.port, r.overwrite) for r in refs]
         out: list[Binding] = []
+        if direction == "output" and any(p.name == "*" for p in ports):  # any keys, each its own port
+            return [Binding(self._map_key(r.key, key_map), r.span, r.port or r.key, r.overwrite) for r in refs]
         names = [p.name for p in ports]
         variadic = next((p for p in ports if p.variadic), None)
         fixed = [p for p in ports if not p.variadic]

@@ -8,7 +8,9 @@ torch work) and holds the file's numbers against it:
 - E812: a `vocab` argument (TokenEmbedding, LMHead, ...) is smaller than the tokenizer's vocabulary;
 - E813: a special id the file names (`eos_id`, `pad_id`, `bos_id`, a loss's `ignore_index`) is not
   in the vocabulary, or is not the id the data actually emits (EOS pooling on an id the captions
-  never contain; a caption loss that ignores a real token instead of the padding).
+  never contain; a caption loss that ignores a real token instead of the padding);
+- E821 / W821: a `TokenShards` directory whose manifest is unusable / not there (its vocabulary is
+  the manifest's, `token_policy = "manifest"`).
 
 `tokenizer = ""` (an unset `${VAR:-}`) means "given at run time": nothing is checked.
 """
@@ -93,6 +95,8 @@ def _check_id(program: Program, node: Node, name: str, value: int, span: Span | 
 def _open(node: Node, diags: list[Diagnostic]) -> list[_Use]:
     entry = registry.lookup(node.call.type_name)
     policy = getattr(entry.obj, "token_policy", None) if entry is not None else None
+    if policy == "manifest":
+        return _open_manifest(node, entry, diags)
     if policy not in ("stream", "caption"):
         return []
     args = _args(node, entry)
@@ -126,6 +130,24 @@ def _open(node: Node, diags: list[Diagnostic]) -> list[_Use]:
         else:
             pad_id = tok.pad_id if tok.pad_id is not None else tok.eos_id
     return [_Use(node, spec, tok, policy, span, pad_id)]
+
+
+def _open_manifest(node: Node, entry: registry.Entry, diags: list[Diagnostic]) -> list[_Use]:
+    """A source of prepared token shards (`TokenShards`): the vocabulary its manifest records."""
+    root, span = _args(node, entry).get("root", (None, None))
+    if not isinstance(root, str) or root == "":
+        return []
+    span = span or node.call.type_span
+    try:
+        tok = entry.obj.manifest_tokenizer(root)
+    except FileNotFoundError as e:
+        diags.append(Diagnostic("W821", f"'{node.path}': cannot check the token shards: {e}", span))
+        return []
+    except (OSError, ValueError) as e:
+        diags.append(Diagnostic("E821", f"'{node.path}' cannot use the token shards in {root!r}: {e}", span,
+                                "prepare them again with `l3m data prepare --tokenizer TOK --output DIR CORPUS...`"))
+        return []
+    return [_Use(node, tok.source, tok, "stream", span, None)]
 
 
 def _args(node: Node, entry: registry.Entry | None = None) -> dict[str, tuple[Any, Span | None]]:

@@ -14,7 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from l3m.dsl.diagnostics import Diagnostic
 from l3m.dsl.ir import Call, Node, Program
+from l3m.model.blame import GLOB_CODE, BlockFailure, ProgramError, setting_span
 from l3m.model.core import MetaModel, ReadWriteBlock, bind_outputs, bind_ports
 from l3m.registry import Entry, lookup
 
@@ -78,6 +80,11 @@ def _ordered_blocks(program: Program, schedule: Sequence[str] | None) -> tuple[l
     return declared, [by_path[p] for p in schedule if by_path[p].role == "block"]
 
 
+def tie_matches(tie: str, nodes: Sequence[Node], paths: dict[str, str]) -> list[Node]:
+    """The blocks a `tie` argument names: by node path or module path, else by (unique) name."""
+    return [n for n in nodes if tie in (n.path, paths[n.path])] or [n for n in nodes if n.name == tie]
+
+
 def _weight_name(block: nn.Module, where: str, embedding_ok: bool) -> str:
     """Name (inside `block`) of the block's `.weight` (attribute or property), else of its only
     nn.Embedding's weight when `embedding_ok`."""
@@ -104,18 +111,23 @@ def _apply_ties(model: MetaModel, nodes: list[Node], kwargs: dict[str, dict], pa
         if not isinstance(tie, str) or not tie:
             continue
         where = f"{node.span}: {node.path}"
-        matches = [n for n in nodes if tie in (n.path, paths[n.path])] or [n for n in nodes if n.name == tie]
+        matches = tie_matches(tie, nodes, paths)
         if len(matches) != 1:
-            raise ValueError(f"{where}: tie={tie!r} names {'no block' if not matches else 'several blocks'}")
+            raise BlockFailure(node, ValueError(f"tie={tie!r} names {'no block' if not matches else 'several blocks'}"),
+                               building=True)
         if matches[0] is node:
-            raise ValueError(f"{where}: a block cannot tie to itself")
+            raise BlockFailure(node, ValueError("a block cannot tie to itself"), building=True)
         src_path, dst_path = paths[matches[0].path], paths[node.path]
         src_block, dst_block = model.get_submodule(src_path), model.get_submodule(dst_path)
-        src_name = f"{src_path}.{_weight_name(src_block, where, embedding_ok=True)}"
-        dst_name = f"{dst_path}.{_weight_name(dst_block, where, embedding_ok=False)}"
+        try:
+            src_name = f"{src_path}.{_weight_name(src_block, where, embedding_ok=True)}"
+            dst_name = f"{dst_path}.{_weight_name(dst_block, where, embedding_ok=False)}"
+        except ValueError as e:
+            raise BlockFailure(node, e, building=True) from e
         src, dst = model.get_parameter(src_name), model.get_parameter(dst_name)
         if dst.shape != src.shape:
-            raise ValueError(f"{where}: cannot tie a {tuple(dst.shape)} weight to {tie}'s {tuple(src.shape)}")
+            raise BlockFailure(node, ValueError(f"cannot tie a {tuple(dst.shape)} weight to {tie}'s "
+                                                f"{tuple(src.shape)}"), building=True)
         if callable(getattr(dst_block, "tie_weight", None)):
             dst_block.tie_weight(src)
         model.tie(dst_name, src_name)
@@ -158,12 +170,17 @@ def build_model(
             kwargs[node.path] = node.call.kwargs_for(entry.signature)
             try:
                 module = entry.obj(**kwargs[node.path])
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"{node.span}: {node.path}: {node.call.type_name}: {e}") from e
+            except Exception as e:  # the block's own constructor refused its arguments: the file's mistake
+                raise BlockFailure(node, e, building=True) from e
             bound.append((paths[node.path], bind_node(node, module, entry)))
     model = MetaModel(bound, schedule=[paths[n.path] for n in ordered])
     _apply_ties(model, declared, kwargs, paths)
-    freeze(model, program.section("train").get("freeze") or [])
+    try:
+        freeze(model, program.section("train").get("freeze") or [])
+    except ValueError as e:
+        example = next((n for n, _ in model.named_parameters()), "")
+        raise ProgramError(Diagnostic(GLOB_CODE, f"train.freeze: {e}", setting_span(program, "train", "freeze"),
+                                      f"patterns match full parameter names, such as '{example}'")) from e
     return model
 
 

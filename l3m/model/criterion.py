@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from l3m.dsl.ir import Node, Program
+from l3m.model.blame import BlockFailure
 from l3m.model.build import entry_for, instantiate
 from l3m.model.core import Binding, ReadWriteBlock, bind_ports
 
@@ -82,10 +83,52 @@ class Criterion(nn.Module):
                 logs[name if len(ports) == 1 else f"{name}/{port}"] = value.detach()
 
     def forward(self, d: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        total, logs = self._run(d, None, exact_losses=False)
+        return total, logs
+
+    def forward_stats(
+        self, d: Mapping[str, Any], *, exact_losses: bool = False, unit: float = 1.0
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """`(total, logs, stats)`: `stats[key]` is a float64 `[sum, count]` for each 0-dim logged
+        value and `"loss"`, to be added up over micro-batches and ranks; `finish(key, sum / count)`
+        is then the value of the whole. Metrics with `statistics` give theirs (correct samples,
+        summed token losses, ...); other values count with weight `unit` (1 in training: a mean
+        of per-micro-batch values, which is what the gradient of the losses averages; the batch's
+        samples in evaluation). With `exact_losses` (for evaluation, without gradients) losses
+        with `statistics` give theirs too.
+        """
+        stats: dict[str, torch.Tensor] = {}
+        total, logs = self._run(d, stats, exact_losses=exact_losses)
+        weight = torch.full((), float(unit), dtype=torch.float64, device=total.device)
+        for k, v in {"loss": total.detach(), **logs}.items():
+            if k not in stats and v.dim() == 0:
+                stats[k] = torch.stack([v.double() * weight, weight])
+        return total, logs, stats
+
+    def finish(self, key: str, mean: torch.Tensor) -> torch.Tensor:
+        """A logged value from the mean of its statistics (`exp` for perplexity; most: the mean)."""
+        fn = getattr(getattr(self, key.split("/", 1)[0], None), "finish", None) if key != "loss" else None
+        return fn(mean) if callable(fn) else mean
+
+    def _statistics(self, name: str, d: Mapping[str, Any], stats: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Put a loss or metric's `[sum, count]` pairs into `stats`; its finished values, in port order."""
+        b, module, ports = self._bindings[name], getattr(self, name), self._ports[name]
+        pairs = module.statistics(*[d[k] for k in b.args], **{p: d[k] for p, k in b.kwargs.items()})
+        values = []
+        for port, (num, den) in zip(ports, pairs):
+            stats[name if len(ports) == 1 else f"{name}/{port}"] = torch.stack([num.double(), den.double()])
+            values.append(self.finish(name, num.double() / den.double().clamp(min=1.0)).float())
+        return values
+
+    def _run(self, d: Mapping[str, Any], stats: dict[str, torch.Tensor] | None,
+             exact_losses: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         terms: list[torch.Tensor] = []
         logs: dict[str, torch.Tensor] = {}
         for name in self._losses:
-            values = self._bindings[name].call(getattr(self, name), d)
+            if stats is not None and exact_losses and hasattr(getattr(self, name), "statistics"):
+                values = self._statistics(name, d, stats)
+            else:
+                values = self._bindings[name].call(getattr(self, name), d)
             term = values[0]
             if term.dim() != 0:
                 raise ValueError(f"loss {name!r} must return a scalar, got shape {tuple(term.shape)}")
@@ -95,7 +138,10 @@ class Criterion(nn.Module):
             self._log(logs, name, values, skip=1)
         with torch.no_grad():
             for name in self._metrics:
-                self._log(logs, name, self._bindings[name].call(getattr(self, name), d), skip=0)
+                if stats is not None and hasattr(getattr(self, name), "statistics"):
+                    self._log(logs, name, self._statistics(name, d, stats), skip=0)
+                else:
+                    self._log(logs, name, self._bindings[name].call(getattr(self, name), d), skip=0)
         total = terms[0]
         for t in terms[1:]:
             total = total + t
@@ -138,7 +184,11 @@ def build_criterion(
         for node in nodes:
             entry = entry_for(node.call, (node.role,), f"{node.span}: {node.path}")
             ports = [p.name for p in entry.outputs]
-            rw = _bind(node, instantiate(node.call, entry), ports)
+            try:
+                module = instantiate(node.call, entry)
+            except Exception as e:  # the loss's own constructor refused its arguments: the file's mistake
+                raise BlockFailure(node, e, building=True) from e
+            rw = _bind(node, module, ports)
             if node.role == "loss":
                 losses.append((names[node.path], rw, ports, node.weight))
             else:

@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from l3m.model.labels import check_labels
 from l3m.registry import register
 
 
@@ -144,6 +145,7 @@ class LMCrossEntropy(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.shift:
             logits, targets = logits[:, :-1], targets[:, 1:]
+        check_labels(self, targets, logits.shape[-1], port="targets", ignore_index=self.ignore_index)
         valid = (targets.flatten() != self.ignore_index).float()
         count = self.token_count(valid)
         if self.vocab_parallel and hasattr(logits, "placements"):
@@ -156,6 +158,14 @@ class LMCrossEntropy(nn.Module):
         if self.z_loss > 0:
             loss = loss + self.z_loss * (lse.pow(2) * valid).sum() / count
         return loss
+
+    @torch.no_grad()
+    def statistics(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor]]:
+        """(the loss summed over scored tokens, scored tokens), for evaluation (eval mode): the
+        mean over every token of an evaluation set, however its batches are split over ranks."""
+        scored = targets[:, 1:] if self.shift else targets
+        count = (scored != self.ignore_index).sum().double()
+        return ((self.forward(logits, targets).double() * count, count),)
 
 
 def gather_rows(x: torch.Tensor, group=None) -> torch.Tensor:
@@ -217,6 +227,7 @@ class ClassificationCE(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if target.is_floating_point():
             target = target.float()
+        check_labels(self, target, logits.shape[-1], ignore_index=-100)  # cross_entropy's default
         return F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
 
 

@@ -1,4 +1,11 @@
-"""Metrics: parameter-free nn.Modules returning a detached 0-dim tensor."""
+"""Metrics: parameter-free nn.Modules returning a detached 0-dim tensor.
+
+Each metric also gives its *sufficient statistics*: `statistics(...)` (same inputs as
+`forward`) returns one `(sum, count)` pair per output, and `finish(sum / count)` the value
+(`exp` for perplexity). The trainer adds the pairs up over micro-batches and data-parallel
+ranks before dividing, so a metric over a global batch (or an evaluation set) has the same
+value however the batch is split. A metric without `statistics` is averaged per micro-batch.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from l3m.model.labels import check_labels
 from l3m.registry import register
 
 
@@ -27,8 +35,17 @@ class TopKAccuracy(nn.Module):
     @torch.no_grad()
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = _indices(target)
+        check_labels(self, target, logits.shape[-1])
         top = logits.topk(min(self.k, logits.shape[-1]), dim=-1).indices
         return (top == target.unsqueeze(-1)).any(dim=-1).float().mean()
+
+    @torch.no_grad()
+    def statistics(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor]]:
+        """(samples whose target is in the top k, samples)."""
+        target = _indices(target)
+        top = logits.topk(min(self.k, logits.shape[-1]), dim=-1).indices
+        hit = (top == target.unsqueeze(-1)).any(dim=-1)
+        return ((hit.sum().double(), torch.tensor(float(hit.numel()), dtype=torch.float64, device=hit.device)),)
 
 
 @register("metric")
@@ -45,8 +62,23 @@ class Perplexity(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.shift:
             logits, targets = logits[:, :-1], targets[:, 1:]
+        check_labels(self, targets, logits.shape[-1], port="targets", ignore_index=self.ignore_index)
         ce = F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), ignore_index=self.ignore_index)
         return ce.exp()
+
+    @torch.no_grad()
+    def statistics(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor]]:
+        """(summed cross-entropy of the scored tokens, scored tokens)."""
+        if self.shift:
+            logits, targets = logits[:, :-1], targets[:, 1:]
+        flat = targets.flatten()
+        nll = F.cross_entropy(logits.flatten(0, -2).float(), flat, ignore_index=self.ignore_index, reduction="sum")
+        return ((nll.double(), (flat != self.ignore_index).sum().double()),)
+
+    @staticmethod
+    def finish(mean: torch.Tensor) -> torch.Tensor:
+        """exp of the mean cross-entropy."""
+        return mean.exp()
 
 
 @register("metric")
@@ -74,3 +106,13 @@ class ZeroShotAccuracy(nn.Module):
         if target is None:
             target = torch.arange(image_emb.shape[0], device=image_emb.device)
         return (scores.argmax(dim=-1) == _indices(target)).float().mean()
+
+    @torch.no_grad()
+    def statistics(
+        self, image_emb: torch.Tensor, class_emb: torch.Tensor, target: torch.Tensor | None = None
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor]]:
+        """(correct samples, samples). In-batch retrieval (no `target`) still depends on which
+        samples share a batch: its candidates are the rank's micro-batch."""
+        acc = self.forward(image_emb, class_emb, target).double()
+        n = torch.tensor(float(image_emb.shape[0]), dtype=torch.float64, device=acc.device)
+        return ((acc * n, n),)

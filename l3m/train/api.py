@@ -1,14 +1,22 @@
 """The entry points behind `l3m train`, `l3m eval` and `l3m export`.
 
 Exit codes: 0 done; 1 errors found (the program does not compile or lacks what the command
-needs, a loss went non-finite, a checkpoint does not fit); 2 usage or I/O (a missing file, an
-unreadable path, nothing to resume from). Compile errors are printed compiler-style on stderr.
+needs, a loss went non-finite, a checkpoint does not fit or could not be written, e.g. on a full
+disk, a resume that changes a structural setting); 2 usage or I/O (a missing file, an unreadable
+path, nothing to resume from, a run directory another run holds); 128 + the signal (143 SIGTERM,
+130 SIGINT): `train` stopped by that signal after saving a checkpoint. Compile errors
+are printed compiler-style on stderr. In a multi-process run each rank's error names the rank and
+is handed to torchrun for its summary (`l3m.train.rank_errors`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import sys
+import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,11 +25,24 @@ import torch.distributed as dist
 
 from l3m.dsl import Compiled, compile_file
 from l3m.dsl.diagnostics import Diagnostic, render_text
-from l3m.train.checkpoint import CheckpointManager, Found, read_state, resolve_checkpoint
-from l3m.train.engine import NonFiniteError, Trainer, evaluate, load_weights, resume_metrics
-from l3m.train.export import export_checkpoint, load_pretrained
+from l3m.model.blame import ProgramError, blame
+from l3m.model.patterns import check_init_globs, unused_no_decay
+from l3m.train import rank_errors
+from l3m.train.candidates import no_checkpoint_message
+from l3m.train.checkpoint import (
+    CheckpointManager,
+    CheckpointWriteError,
+    Found,
+    read_state,
+    resolve_checkpoint,
+)
+from l3m.train.engine import CheckpointMismatch, NonFiniteError, Trainer, evaluate, load_weights
+from l3m.train.export import export_checkpoint, load_pretrained, read_weights
 from l3m.train.logging import ConsoleSink, RunLogger
-from l3m.train.rundir import default_run_dir, resolved, write_program_record
+from l3m.train.preempt import Preempted, handle_stop_signals
+from l3m.train.resume_changes import check_resume, jsonable, mismatch_message
+from l3m.train.rundir import append_history, default_run_dir, read_history, resolved, write_program_record
+from l3m.train.runlock import RunLock
 from l3m.train.session import (
     IncompleteProgram,
     Runtime,
@@ -42,12 +63,23 @@ def _err(rt: Runtime | None, text: str) -> None:
         print(f"error: {text}", file=sys.stderr, flush=True)
     else:
         print(f"error (rank {rt.rank}): {text}", file=sys.stderr, flush=True)
+    rank_errors.record_failure(text)  # torchrun's summary then names this rank with its message
 
 
 def _print_diagnostics(rt: Runtime, diags: Sequence[Diagnostic], sources) -> None:
     if rt.is_main:
         for d in diags:
             print(render_text(d, sources, color=sys.stderr.isatty()), file=sys.stderr, flush=True)
+
+
+def _print_program_error(rt: Runtime | None, e: ProgramError, sources) -> None:
+    """The diagnostic of a program's mistake (with the traceback under L3M_DEBUG); other ranks say it in one line."""
+    if os.environ.get("L3M_DEBUG"):
+        traceback.print_exception(e.__cause__ or e, file=sys.stderr)
+    if rt is None or rt.is_main:
+        print(render_text(e.diagnostic, sources, color=sys.stderr.isatty()), file=sys.stderr, flush=True)
+    else:
+        print(f"error (rank {rt.rank}): {e}", file=sys.stderr, flush=True)
 
 
 def _compile(path: str, overrides: Sequence[str], rt: Runtime, extensions: Sequence[str]) -> Compiled | int:
@@ -72,7 +104,12 @@ def _init_from(session, logger) -> None:
     t = session.train
     rename = dict(pair.split("=", 1) for pair in t.init_rename)
     try:
-        report = load_pretrained(session.model, t.init_from, include=t.init_include, exclude=t.init_exclude,
+        weights = read_weights(t.init_from)
+    except (OSError, ValueError) as e:
+        raise InitFromError(f"train.init_from: cannot read '{t.init_from}': {e}") from e
+    check_init_globs(session.program, t.init_from, weights)
+    try:
+        report = load_pretrained(session.model, weights, include=t.init_include, exclude=t.init_exclude,
                                  rename=rename, strict=False)
     except (OSError, ValueError) as e:
         raise InitFromError(f"train.init_from: cannot read '{t.init_from}': {e}") from e
@@ -104,15 +141,58 @@ def _set_aside(run_dir: Path, notes: Notes) -> None:
 
 
 def _choose_checkpoint(ckpt: CheckpointManager, resume: bool | None, notes: Notes) -> Found | None:
-    ckpt.clean_stale()
+    """The checkpoint to resume from; changes nothing on disk (see `_tidy_checkpoints`) but to put
+    back one a kill left half-replaced."""
+    ckpt.recover_renames()
     found = ckpt.latest_valid() if ckpt.has_any() else None
     if found is None and resume is True:
-        raise UsageError(f"--resume: no complete checkpoint to resume from in {ckpt.root}")
+        raise UsageError(no_checkpoint_message(ckpt.root))
     if found is None and ckpt.has_any():
         notes.append(("warning", f"no usable checkpoint in {ckpt.root}; starting from scratch"))
+    return found
+
+
+def _tidy_checkpoints(ckpt: CheckpointManager, found: Found | None, notes: Notes) -> None:
+    """Once the run starts (rank 0): remove partial writes, set aside what lies past `found`."""
+    ckpt.clean_stale()
     for moved in ckpt.set_aside_after(found.step if found is not None else 0):
         notes.append(("info", f"set {moved.name[: -len('.skipped')]} aside as {moved}"))
-    return found
+
+
+class _NoteLog(list):
+    """Collects what the trainer says before the run's logger exists (it is made only once the
+    resume is known to work, so that a failed one writes nothing)."""
+
+    def info(self, text: str) -> None:
+        self.append(("info", text))
+
+    def warning(self, text: str) -> None:
+        self.append(("warning", text))
+
+
+def _broadcast(rt: Runtime, value: object) -> object:
+    if rt.distributed:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
+
+
+def _lock_run_dir(rt: Runtime, run_dir: Path, stack: contextlib.ExitStack, notes: Notes) -> None:
+    """Rank 0 takes the run directory's lock; every rank fails alike when another run holds it."""
+    refused = None
+    if rt.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = RunLock(run_dir).acquire()
+            stack.callback(lock.release)
+            if lock.note:
+                notes.append(("warning", lock.note))
+        except OSError as e:  # RunDirLocked, or a directory that cannot be written
+            refused = str(e)
+    refused = _broadcast(rt, refused)
+    if refused:
+        raise UsageError(str(refused))
 
 
 def train_main(
@@ -121,57 +201,89 @@ def train_main(
     output: str | None = None,
     resume: bool | None = None,
     extensions: Sequence[str] = (),
+    allow_changes: bool = False,
 ) -> int:
     """Train the program in `path`. `resume`: True requires a checkpoint to continue from, None
     continues from one when the output directory has it, False starts afresh (setting the old
-    checkpoints aside)."""
+    checkpoints aside). `allow_changes`: resume even when the program changes a structural
+    setting (see `l3m.train.resume_changes`).
+
+    Nothing is written into the run directory until the run is known to start: a resume that
+    fails (a checkpoint that does not fit, a refused change) leaves every file as it was. A
+    SIGTERM or SIGINT stops after the current step with a checkpoint (`l3m.train.preempt`)."""
     rt: Runtime | None = None
     session: Session | None = None
     logger = RunLogger.null()
     code = 0
     deterministic_before = torch.are_deterministic_algorithms_enabled()
+    stack = contextlib.ExitStack()
     try:
+        stop = stack.enter_context(handle_stop_signals())
         rt = init_runtime()
+        stop.announce = rt.is_main
         compiled = _compile(path, overrides, rt, extensions)
         if isinstance(compiled, int):
             return compiled
         run_dir = Path(output) if output else default_run_dir(path)
+        notes = _NoteLog()
+        _lock_run_dir(rt, run_dir, stack, notes)
         session = build_session(compiled, rt, command="train")
-        notes: Notes = []
-        if rt.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if resume is False:
-                _set_aside(run_dir, notes)
+        for line in unused_no_decay(compiled.program, [n for n, _ in session.named_parameters()]):
+            notes.info(line)
+        if rt.is_main and resume is False:
+            _set_aside(run_dir, notes)
         _barrier(rt)
-        ckpt = CheckpointManager(run_dir / "ckpt", keep=session.train.keep, rank=rt.rank, report=lambda t: notes.append(("warning", t)))
+        ckpt = CheckpointManager(run_dir / "ckpt", keep=session.train.keep, rank=rt.rank, report=notes.warning)
         found = _choose_checkpoint(ckpt, resume, notes) if resume is not False else None
+        record = jsonable(resolved(compiled.program, compiled.flow.model_order()))
+        trainer = Trainer(session, run_dir, notes, ckpt)  # type: ignore[arg-type] - its logger comes below
+        trainer.stop, trainer.program_record = stop, record
+        changes = []
+        if found is not None:
+            changes = check_resume(found.path, run_dir, record, allow_changes)
+            try:
+                trainer.restore(found)
+            except CheckpointMismatch as e:
+                raise CheckpointMismatch(mismatch_message(found.path, e, changes)) from e
+        elif session.train.init_from:
+            _init_from(session, notes)
+        # The run starts: from here on it writes into the run directory.
         if rt.is_main:
-            if found is not None:
-                dropped = resume_metrics(run_dir, found.step)
-                if dropped:
-                    notes.append(("info", f"dropped {dropped} metrics line(s) logged after step {found.step}"))
+            _tidy_checkpoints(ckpt, found, notes)
+            history = read_history(run_dir)
             write_program_record(run_dir, compiled.program, compiled.flow.model_order(), rt.world_size)
+            append_history(run_dir, history, _history_entry(rt, found, changes, allow_changes))
             logger = RunLogger.for_run(run_dir, session.log, compiled.program.section("log"), session.train.steps,
-                                       resolved(compiled.program, compiled.flow.model_order()))
+                                       record, start_step=found.step if found is not None else 0)
+        trainer.logger = logger
         for level, text in notes:
             (logger.warning if level == "warning" else logger.info)(text)
-        trainer = Trainer(session, run_dir, logger, ckpt)
+        if changes:
+            logger.warning(f"resuming with {len(changes)} change(s) since the checkpoint: "
+                           + "; ".join(f"{c.text()} [{c.kind}]" for c in changes))
         if found is not None:
-            trainer.restore(found)
             logger.info(f"resumed from {found.path} at step {trainer.step}")
         else:
-            if session.train.init_from:
-                _init_from(session, logger)
             logger.info(f"training {Path(path).name} for {session.train.steps} steps into {run_dir}")
-        trainer.fit()
+        with blame(compiled.program, session.model):  # a block, loss or metric that raises is named
+            trainer.fit()
         if trainer.last_record:
             logger.info(f"done: step {trainer.step}, loss {trainer.last_record['loss']:.4f}")
         return 0
+    except Preempted as e:
+        code = e.exit_code
+        if rt is None or rt.is_main:
+            print(f"l3m: {e}", file=sys.stderr, flush=True)
+        return code
     except IncompleteProgram as e:
         code = 1
         _print_diagnostics(rt, e.diagnostics, compiled.sources)
         return code
-    except NonFiniteError as e:
+    except ProgramError as e:  # a mistake in the program found while building or running it
+        code = 1
+        _print_program_error(rt, e, compiled.sources)
+        return code
+    except (NonFiniteError, CheckpointWriteError) as e:
         code = 1
         logger.error(str(e))
         if logger.console is None:
@@ -185,8 +297,11 @@ def train_main(
         code = 1
         _err(rt, f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e))
         return code
-    except BaseException:  # a bug or an interrupt: the traceback is the report; wandb hears of the failure
+    except BaseException as e:  # a bug or an interrupt: the traceback is the report; wandb hears of the failure
         code = 1
+        if rt is not None and rt.distributed and rank_errors.peer_lost(e):  # not this rank's fault: say whose
+            print(f"error (rank {rt.rank}): {rank_errors.peer_lost_message(e)}", file=sys.stderr, flush=True)
+            return code
         raise
     finally:
         if session is not None:
@@ -194,6 +309,19 @@ def train_main(
         logger.close(code)
         torch.use_deterministic_algorithms(deterministic_before)
         shutdown_runtime(rt)
+        stack.close()  # the run directory's lock, the signal handlers
+
+
+def _history_entry(rt: Runtime, found: Found | None, changes: list, allowed: bool) -> dict:
+    """One start of the run for `run.json`'s history."""
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "argv": sys.argv,
+        "world_size": rt.world_size,
+        "resumed_from": None if found is None else {"step": found.step, "checkpoint": str(found.path)},
+        "changes": [c.as_record() for c in changes],
+        **({"allow_changes": True} if allowed else {}),
+    }
 
 
 def run_eval(path: str, overrides: Sequence[str], checkpoint: str, extensions: Sequence[str] = (),
@@ -211,6 +339,9 @@ def run_eval(path: str, overrides: Sequence[str], checkpoint: str, extensions: S
     except IncompleteProgram as e:
         _print_diagnostics(rt, e.diagnostics, compiled.sources)
         raise ProgramErrors(1) from e
+    except ProgramError as e:
+        _print_program_error(rt, e, compiled.sources)
+        raise ProgramErrors(1) from e
     source = Path(checkpoint)
     step = -1
     if source.is_file():
@@ -221,7 +352,12 @@ def run_eval(path: str, overrides: Sequence[str], checkpoint: str, extensions: S
         ckpt = resolve_checkpoint(source, report=lambda t: _err(rt, t))
         load_weights(session, ckpt)
         step = int(read_state(ckpt).get("step", -1))
-    return step, evaluate(session, max_batches=session.train.eval_steps)
+    try:
+        with blame(compiled.program, session.model):
+            return step, evaluate(session, max_batches=session.train.eval_steps)
+    except ProgramError as e:
+        _print_program_error(rt, e, compiled.sources)
+        raise ProgramErrors(1) from e
 
 
 class ProgramErrors(Exception):

@@ -18,7 +18,9 @@ written (a stray file, a symlink, a refused pickle) raises `UnsafeCheckpoint` an
 skipped silently.
 
 It is written into `step_000100.tmp/` and renamed only after the manifest is on disk, so a
-killed run leaves either a whole checkpoint or a `.tmp` directory that is ignored. On resume the
+killed run leaves either a whole checkpoint or a `.tmp` directory that is ignored; a write that
+fails (a full disk) removes its `.tmp` directory and raises `CheckpointWriteError`, the earlier
+checkpoints untouched. On resume the
 newest checkpoint whose manifest matches its files is used; damaged ones are reported and
 skipped. The last `keep` checkpoints are kept.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -46,6 +49,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
+from l3m.train import faults
+from l3m.train.preempt import critical_section
 from l3m.train.safe_dcp import (
     SafeFileSystemReader,
     TensorsOnlyPlanner,
@@ -264,6 +269,23 @@ def _is_dist() -> bool:
 # -- the manager ------------------------------------------------------------------------------
 
 
+class CheckpointWriteError(Exception):
+    """A checkpoint could not be written (a full disk, a quota, an I/O error); the partial files
+    are removed and the earlier checkpoints are untouched."""
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OS error behind a failed write, also when DCP wrapped it in a `CheckpointException`."""
+    if isinstance(e, OSError):
+        return e
+    if isinstance(e, CheckpointException):
+        for f in e.failures.values():
+            cause = f[0] if isinstance(f, tuple) else f
+            if isinstance(cause, OSError):
+                return cause
+    return None
+
+
 @dataclass
 class Found:
     step: int
@@ -346,10 +368,21 @@ class CheckpointManager:
                 moved.append(target)
         return moved
 
+    def recover_renames(self) -> None:
+        """Put back a checkpoint a run was killed while replacing (between the two renames of a
+        step saved again), before anything looks for the newest one (rank 0)."""
+        if self.rank != 0 or not self.root.is_dir():
+            return
+        for p in self.root.glob("*.old.tmp"):
+            final = p.with_name(p.name[: -len(".old.tmp")])
+            if not final.exists():
+                os.replace(p, final)
+
     def clean_stale(self) -> None:
         """Remove `.tmp` directories left by runs that were killed while saving (rank 0)."""
         if self.rank != 0 or not self.root.is_dir():
             return
+        self.recover_renames()
         for p in self.root.glob("*.tmp"):
             shutil.rmtree(p, ignore_errors=True)
 
@@ -363,9 +396,35 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self._barrier()
+        try:
+            self._write(step, tmp, state, rank_state)
+        except (OSError, CheckpointException) as e:
+            cause = _os_error(e)
+            if cause is None:
+                raise
+            if self.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)  # give back the space the partial files took
+            raise CheckpointWriteError(self._write_failure(final, cause)) from None
+        if self.rank == 0:
+            with critical_section():  # a second Ctrl-C waits for these renames
+                if final.exists():  # the same step saved again (a run resumed from an earlier one)
+                    old = final.with_name(final.name + ".old.tmp")
+                    os.replace(final, old)
+                    os.replace(tmp, final)
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    os.replace(tmp, final)
+            _fsync_dir(self.root)
+            self.prune()
+        self._barrier()
+        return final
+
+    def _write(self, step: int, tmp: Path, state: Mapping[str, Any], rank_state: Mapping[str, Any]) -> None:
+        """Every file of the checkpoint into `tmp`, the manifest last."""
         skeleton, tensors = split_state(dict(state))
         with _quiet_single_process():
             dcp.save(tensors, checkpoint_id=str(tmp), no_dist=not _is_dist())
+        faults.during_checkpoint(step, self.rank, tmp)
         _write_json(tmp / f"rank_{self.rank}.json", dict(rank_state))
         if self.rank == 0:
             world = dist.get_world_size() if _is_dist() else 1
@@ -375,17 +434,17 @@ class CheckpointManager:
         if self.rank == 0:
             write_manifest(tmp, step)
             _fsync_dir(tmp)
-            if final.exists():  # the same step saved again (a run resumed from an earlier one)
-                old = final.with_name(final.name + ".old.tmp")
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-            _fsync_dir(self.root)
-            self.prune()
-        self._barrier()
-        return final
+
+    def _write_failure(self, final: Path, cause: OSError) -> str:
+        """One line: what could not be written, why, and what is left to resume from."""
+        if cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            why, where = "the disk is full" + (" (quota)" if cause.errno == errno.EDQUOT else ""), f" in {self.root}"
+        else:
+            why, where = cause.strerror or str(cause), f" ({cause.filename})" if cause.filename else ""
+        earlier = [f for f in self.complete() if f.path != final] if self.rank == 0 else []
+        kept = (f"the previous checkpoint {earlier[0].path} is intact; free some space and run again with --resume"
+                if earlier else "there is no earlier checkpoint; free some space and run again")
+        return f"cannot write checkpoint {final.name}: {why}{where}; {kept}"
 
     def prune(self) -> None:
         """Keep the newest `keep` complete checkpoints (keep <= 0: all)."""

@@ -1,8 +1,16 @@
 """The training loop: steps, gradient accumulation, logging, evaluation and checkpoints.
 
-One optimizer step runs `grad_accum` micro-batches; the loss of each is divided by
-`grad_accum`, so accumulation of k batches of b samples matches one batch of k*b. Under FSDP,
+One optimizer step runs `grad_accum` micro-batches on each rank: together, the train source's
+global batch (l3m.data.global_batch). The loss of each is divided by `grad_accum` and gradients
+are averaged over the data-parallel ranks, so the step differentiates the mean of the
+micro-batches' losses, as the original's chunked accumulation does; for a per-sample (or, with
+equal token counts, per-token) mean loss that is the mean over the global batch. Under FSDP,
 gradients are synchronised only on the last micro-batch (`set_requires_gradient_sync`).
+
+Logged values come from sufficient statistics (`Criterion.forward_stats`) summed over
+micro-batches and ranks: a metric (accuracy, perplexity) is that of the whole global batch, and
+a loss the mean of the micro-batches' losses (what the step differentiates), so one file logs
+the same numbers on any number of ranks.
 
 Non-finite losses are tracked on the device without a host sync (the first step at which each
 loss term went bad) and checked at every log, evaluation and checkpoint, and at the end: the run
@@ -10,15 +18,16 @@ stops with the step and the term's name, and a checkpoint is never written after
 checkpoint the parameters themselves are checked too.
 
 Evaluation runs on every data source other than `train`, in eval mode under `torch.no_grad`
-with the training autocast; results are sample-weighted means over all ranks, and the wrap-around
-samples that even out the ranks' shards are left out.
+with the training autocast; each result is computed from statistics summed over the whole set
+(all ranks): token-weighted for token losses and perplexity, sample-weighted otherwise; the
+wrap-around samples that even out the ranks' batches are left out.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +36,8 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_model_state_dict, set_state_dict
 
 from l3m.data.loader import VALID_KEY, StatefulLoader
-from l3m.train import perf
+from l3m.data.sources.mixture import mixture_counts
+from l3m.train import faults, perf
 from l3m.train.checkpoint import (
     CheckpointManager,
     Found,
@@ -41,12 +51,41 @@ from l3m.train.checkpoint import (
     tensor_keys,
 )
 from l3m.train.logging import MetricsFile, RunLogger
+from l3m.train.preempt import Preempted, StopSignals
 from l3m.train.safe_dcp import UnsafeCheckpoint
 from l3m.train.session import Session
 
 
 class CheckpointMismatch(ValueError):
     """A whole, verified checkpoint that cannot be loaded into this program's objects."""
+
+
+def _differs(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return not torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+    return a != b
+
+
+def _check_groups(saved_optim: Mapping[str, Any], live_optim: Mapping[str, Any]) -> None:
+    """The checkpoint's optimizer state fits only the same parameter groups (changed `no_decay`,
+    `stage_lr`, `layer_decay` or `freeze` regroup them)."""
+    old = [list(g.get("params", [])) for g in saved_optim.get("param_groups", [])]
+    new = [list(g.get("params", [])) for g in live_optim.get("param_groups", [])]
+    if old and old != new:
+        moved = sorted({str(p) for grp in old for p in grp} ^ {str(p) for grp in new for p in grp})
+        detail = f" (e.g. {moved[0]} is in one but not the other)" if moved else " (parameters moved between groups)"
+        raise ValueError(f"the optimizer's parameter groups changed: {len(old)} group(s) in the checkpoint, "
+                         f"{len(new)} now{detail}")
+
+
+def _control_group() -> Any:
+    """The process group the stop flag is reduced on: a CPU (gloo) one beside NCCL, so that the
+    check does not wait for the GPU; None (the default group, or no group at all) otherwise."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    if "nccl" in str(dist.get_backend()).lower():
+        return dist.new_group(backend="gloo")
+    return None
 
 
 class NonFiniteError(RuntimeError):
@@ -93,7 +132,9 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(s: Session, loaders: Mapping[str, StatefulLoader] | None = None, max_batches: int = 0) -> dict[str, dict]:
-    """`{source: {"loss", <terms>, <metrics>, "samples"}}`, each a sample-weighted mean over ranks."""
+    """`{source: {"loss", <terms>, <metrics>, "samples"}}` over the whole evaluation set (all ranks):
+    values with sufficient statistics (token losses, accuracy, perplexity) from their sums,
+    others as sample-weighted means."""
     loaders = s.eval_loaders if loaders is None else loaders
     s.model.eval()
     s.criterion.eval()
@@ -114,16 +155,21 @@ def evaluate(s: Session, loaders: Mapping[str, StatefulLoader] | None = None, ma
                         continue
                     if n < valid.shape[0]:
                         d = _valid_subset(d, valid)
-                    total, logs = s.criterion(d)
-                for k, v in {"loss": total, **logs}.items():
-                    if v.dim() == 0:
-                        sums[k] = sums.get(k, 0) + v.detach().double() * n
+                    _, _, stats = s.criterion.forward_stats(d, exact_losses=True, unit=n)
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0) + v.detach()
                 count += n
             keys = list(sums)  # "loss", then terms and metrics in declaration order (the same on every rank)
-            packed = torch.stack([count, *[sums[k] for k in keys]]) if keys else count.reshape(1)
-            packed = _all_reduce_sum(packed)
+            packed = torch.cat([count.reshape(1), *[sums[k] for k in keys]]) if keys else count.reshape(1)
+            packed = _all_reduce_sum(packed).cpu()
             total_n = float(packed[0])
-            res = {k: float(packed[i + 1]) / max(total_n, 1.0) for i, k in enumerate(keys)}
+            # Each value from its statistics summed over batches and ranks: token-weighted where the loss
+            # or metric counts tokens, sample-weighted otherwise; the total is the weighted sum of its terms.
+            res = {k: float(s.criterion.finish(k, packed[2 * i + 1] / packed[2 * i + 2].clamp(min=1e-300)))
+                   for i, k in enumerate(keys)}
+            if keys and all(t in res for t in s.criterion.weights):
+                res = {"loss": sum(w * res[t] for t, w in s.criterion.weights.items()),
+                       **{k: v for k, v in res.items() if k != "loss"}}
             dims = getattr(s.model, "parallel_dims", None)  # tensor/context-parallel peers see the same samples
             res["samples"] = int(total_n) // (dims.world_size // dims.dp_size if dims is not None else 1)
             results[name] = res
@@ -139,6 +185,9 @@ class StepStats:
     grad_norm: torch.Tensor | None
     samples: int
     tokens: int
+    # [sum, count] (float64) of each logged value over this rank's micro-batches: summed over ranks
+    # before dividing, a metric's value is that of the whole global batch (Criterion.forward_stats).
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Trainer:
@@ -154,6 +203,10 @@ class Trainer:
         self._window = (time.perf_counter(), 0, 0, 0)  # time, steps, samples, tokens since the last log
         self.last_eval: dict[str, dict] = {}
         self.last_record: dict[str, Any] = {}
+        self.stop: StopSignals | None = None  # set by `l3m train`: SIGTERM/SIGINT stop after a step
+        self.program_record: dict[str, Any] | None = None  # the resolved program, kept in each checkpoint
+        self.pending_eval = False  # an evaluation a stop deferred (run first on resume)
+        self._control = _control_group()
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -177,6 +230,10 @@ class Trainer:
             "scaler": self.s.precision.state_dict(),
             "loader": self.s.train_loader.state_dict(),
         }
+        if self.program_record is not None:
+            shared["program"] = self.program_record
+        if self.pending_eval:
+            shared["pending_eval"] = True
         return shared, {"rank": self.s.runtime.rank, "rng": rng_state()}
 
     def restore(self, found: Found) -> int:
@@ -197,14 +254,23 @@ class Trainer:
         saved = read_state(found.path)
         skeleton = saved["state"]
         model, criterion, optim = self._model_states()  # also creates the optimizer's state to load into
+        _check_groups(skeleton.get("optim", {}), optim)
+        fresh = [{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in g.items() if k != "params"}
+                 for g in self.s.optimizer.param_groups]  # the program's settings, before the checkpoint's
         _, live = split_state({"model": model, "criterion": criterion, "optim": optim})
         tensors = load_tensors(found.path, tensor_keys(skeleton), live)
         state = join_state(skeleton, tensors)
         model_sd = {f"model.{k}": v for k, v in state["model"].items()}
         model_sd.update({f"criterion.{k}": v for k, v in state.get("criterion", {}).items()})
         set_state_dict(self.s.holder, self.s.optimizer, model_state_dict=model_sd, optim_state_dict=state["optim"])
+        realign = self._apply_hyper_parameters(fresh)
         if self.s.scheduler is not None and state.get("schedule"):
-            self._load_schedule(dict(state["schedule"]))
+            realign |= self._load_schedule(dict(state["schedule"]))
+        elif self.s.scheduler is not None:  # a schedule added on resume starts where the run stands
+            self.s.scheduler.last_epoch, realign = int(state["step"]), True
+        if realign:
+            self._realign_lr()
+        self.pending_eval = bool(state.get("pending_eval", False))
         self.s.precision.load_state_dict(state.get("scaler", {}))
         self.s.train_loader.load_state_dict(state["loader"])
         mine = read_rank_state(found.path, self.s.runtime.rank)
@@ -216,14 +282,50 @@ class Trainer:
         self.step = int(state["step"])
         return self.step
 
-    def _load_schedule(self, saved: dict[str, Any]) -> None:
+    def _load_schedule(self, saved: dict[str, Any]) -> bool:
         """The schedule's position from the checkpoint, its shape from the program: a run resumed
-        with other settings (more `train.steps`) follows the new curve from where it stands."""
+        with other settings (more `train.steps`) follows the new curve from where it stands.
+        Whether the curve changed."""
         live = self.s.scheduler.state_dict()
-        if "lr_lambdas" in saved and saved["lr_lambdas"] != live.get("lr_lambdas"):
+        changed = "lr_lambdas" in saved and saved["lr_lambdas"] != live.get("lr_lambdas")
+        if changed:
             self.logger.warning("the schedule's settings changed since the checkpoint; following the new ones")
             saved["lr_lambdas"] = live["lr_lambdas"]
         self.s.scheduler.load_state_dict(saved)
+        return changed
+
+    def _apply_hyper_parameters(self, fresh: list[dict[str, Any]]) -> bool:
+        """Loading the optimizer's state also loads the checkpoint's hyper-parameters (lr, weight
+        decay, betas, eps, ...); put the program's back, so that a change on resume takes effect.
+        Whether a base learning rate changed (the schedule then restarts from it)."""
+        realign = False
+        for group, new in zip(self.s.optimizer.param_groups, fresh, strict=True):
+            for k, v in new.items():
+                if k == "lr" and self.s.scheduler is not None:
+                    continue  # the schedule's (see _realign_lr)
+                if k not in group or _differs(group[k], v):
+                    realign |= k in ("initial_lr", "lr_scale")
+                    if k == "lr" and isinstance(group[k], torch.Tensor):
+                        group[k].fill_(float(v))
+                    else:
+                        group[k] = v
+        return realign
+
+    def _realign_lr(self) -> None:
+        """The current learning rates from the schedule's (new) base rates and curve at its position,
+        as if the run had been under them all along."""
+        sch, groups = self.s.scheduler, self.s.optimizer.param_groups
+        sch.base_lrs = [g.get("initial_lr", b) for g, b in zip(groups, sch.base_lrs, strict=True)]
+        lambdas = getattr(sch, "lr_lambdas", None)
+        if lambdas is None:
+            return
+        lrs = [b * f(sch.last_epoch) for b, f in zip(sch.base_lrs, lambdas, strict=True)]
+        for g, lr in zip(groups, lrs, strict=True):
+            if isinstance(g["lr"], torch.Tensor):
+                g["lr"].fill_(lr)
+            else:
+                g["lr"] = lr
+        sch._last_lr = lrs
 
     def save(self) -> Path:
         self.check_finite(params=True)
@@ -286,6 +388,7 @@ class Trainer:
         s, accum = self.s, max(1, self.cfg.grad_accum)
         keys = s.input_keys
         sums: dict[str, torch.Tensor] = {}
+        reduced: dict[str, torch.Tensor] = {}  # [sum, count] of each logged value over the micro-batches
         samples = tokens = 0
         for micro in range(accum):
             batch = next(s.train_loader)
@@ -295,11 +398,13 @@ class Trainer:
             self._set_grad_sync(micro == accum - 1)
             with s.precision.autocast():
                 d = s.model(batch)
-                total, logs = s.criterion(d)
+                total, logs, stat = s.criterion.forward_stats(d)
             s.precision.scaler.scale(total / accum).backward()
             for k, v in {"loss": total.detach(), **logs}.items():
                 if v.dim() == 0:
                     sums[k] = sums.get(k, 0) + v.float()
+            for k, v in stat.items():
+                reduced[k] = reduced.get(k, 0) + v
         self._sync_grads_fallback()
         grad_norm = None
         if self.cfg.grad_clip > 0:
@@ -316,7 +421,7 @@ class Trainer:
         if s.scheduler is not None:
             s.scheduler.step()
         s.optimizer.zero_grad(set_to_none=True)
-        return StepStats({k: v / accum for k, v in sums.items()}, grad_norm, samples, tokens)
+        return StepStats({k: v / accum for k, v in sums.items()}, grad_norm, samples, tokens, reduced)
 
     # -- reporting ---------------------------------------------------------------------------------
 
@@ -344,11 +449,21 @@ class Trainer:
     def _log_train(self, stats: StepStats) -> None:
         rt = self.s.runtime
         names = list(stats.logs)  # "loss", then terms and metrics in declaration order
-        packed = torch.stack([stats.logs[k].detach().float() for k in names])
+        if stats.stats:  # sums and counts over micro-batches and ranks, then one division
+            names = [k for k in names if k in stats.stats]
+            packed = torch.cat([stats.stats[k].detach().double() for k in names])
+        else:
+            packed = torch.stack([stats.logs[k].detach().double() for k in names])
         if stats.grad_norm is not None:
-            packed = torch.cat([packed, stats.grad_norm.detach().float().reshape(1)])
-        packed = _all_reduce_sum(packed) / rt.world_size
-        values = packed.tolist()  # the host sync of this log step
+            packed = torch.cat([packed, stats.grad_norm.detach().double().reshape(1)])
+        packed = _all_reduce_sum(packed).cpu()  # the host sync of this log step
+        if stats.stats:
+            values = [float(self.s.criterion.finish(k, packed[2 * i] / packed[2 * i + 1].clamp(min=1e-300)))
+                      for i, k in enumerate(names)]
+        else:
+            values = (packed[: len(names)] / rt.world_size).tolist()
+        if stats.grad_norm is not None:
+            values.append(float(packed[-1]) / rt.world_size)
         now = time.perf_counter()
         t0, steps, samples, tokens = self._window
         elapsed = max(now - t0, 1e-9)
@@ -370,6 +485,11 @@ class Trainer:
             if flops:
                 peak = perf.peak_flops(self.s.device, self.s.precision.dtype)
                 record["mfu"] = flops * sps / (peak * rt.world_size)
+        loader = self.s.train_loader
+        if loader.on_error == "skip":  # bad samples replaced so far, on all ranks (l3m.data.errors)
+            record["data_errors"] = int(_all_reduce_sum(torch.tensor(float(loader.data_errors),
+                                                                     device=self.s.device)).item())
+        record.update(mixture_counts(self.s.train_loader))  # data/<source>: samples drawn from each part
         record["memory_bytes"] = perf.memory_bytes(self.s.device)
         record["step_time_s"] = elapsed / max(steps, 1)
         record["eta_s"] = record["step_time_s"] * (self.cfg.steps - self.step)
@@ -392,6 +512,13 @@ class Trainer:
             self.logger.info(f"already trained for {self.step} of {total} steps; nothing to do")
             return
         self.logger.start(self.step)
+        deferred = self.pending_eval
+        if deferred:  # the evaluation of the step this run resumes from, deferred by a stop
+            self.run_eval()
+            self.pending_eval = False
+        stop = self._stop_requested()
+        if stop:  # before the first step: nothing new to save but that the deferred evaluation ran
+            raise Preempted(stop, self.step, str(self.save()) if deferred else None)
         self._window = (time.perf_counter(), 0, 0, 0)
         self.s.model.train()
         self.s.criterion.train()
@@ -407,12 +534,32 @@ class Trainer:
                 self.check_finite()
                 self._log_train(stats)
             paused = time.perf_counter()
+            stop = 0
             if last or (cfg.eval_every > 0 and self.step % cfg.eval_every == 0):
-                self.run_eval()
-            if last or (cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0):
-                self.save()
+                stop = 0 if last else self._stop_requested()
+                if stop:  # a stop leaves no time for it: the resumed run evaluates this step first
+                    self.pending_eval = bool(self.s.eval_loaders)
+                else:
+                    self.run_eval()
+            saved = None
+            if last or stop or (cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0):
+                saved = self.save()
             t0, n, smp, tok = self._window  # evaluation and checkpoints do not count as training time
             self._window = (t0 + time.perf_counter() - paused, n, smp, tok)
+            faults.after_step(self.step, self.s.runtime.rank)  # inert unless a test sets L3M_FAULT
+            if not last:
+                stop = stop or self._stop_requested()
+                if stop:
+                    raise Preempted(stop, self.step, str(saved or self.save()))
+
+    def _stop_requested(self) -> int:
+        """The stop signal's number when any rank received one, else 0 (the same on every rank)."""
+        local = self.stop.signum if self.stop is not None and self.stop.signum else 0
+        if not self.s.runtime.distributed:
+            return int(local)
+        flag = torch.tensor([local], dtype=torch.int64)  # on the CPU: gloo, never the GPU's stream
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._control)
+        return int(flag.item())
 
 
 def resume_metrics(run_dir: Path, step: int) -> int:

@@ -54,9 +54,13 @@ def read_weights(source: str | Path) -> dict[str, torch.Tensor]:
     if p.is_dir():
         return load_model_tensors(resolve_checkpoint(p))
     if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(p))
+        try:
+            return load_file(str(p))
+        except SafetensorError as e:  # a truncated or corrupt file: say so, do not crash
+            raise ValueError(f"{p} is not a readable safetensors file (truncated or corrupt: {e})") from None
     if zipfile.is_zipfile(p):  # the format torch.save writes; older, non-zip files are read as they are
         try:
             with zipfile.ZipFile(p) as z:
@@ -67,6 +71,9 @@ def read_weights(source: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(p, map_location="cpu", weights_only=True)  # never weights_only=False: no code from files
     except pickle.UnpicklingError as e:
         raise ValueError(f"{p} was refused: not a plain file of tensors ({refusal_reason(e)})") from None
+    except (RuntimeError, EOFError) as e:  # a truncated or corrupt torch file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise ValueError(f"{p} is not a readable torch file (truncated or corrupt: {first})") from None
     for key in ("model", "state_dict", "module"):  # common wrappings of a model's state dict
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]

@@ -5,6 +5,22 @@ logged training step (`split = "train"`) and per evaluation (`split = <source na
 flushed line by line, so a killed run keeps what it logged, and a resumed run first drops the
 lines after the step it resumes from.
 
+Every log follows one contract (`Sink`): a run calls `resume(step, history)` with the step it
+starts from (a checkpoint's, or 0) before its first record; after that each step appears once in
+the log. `metrics.jsonl` is cut back to the step (the recomputed steps replace what an
+interrupted run logged after it) and is then the history the other logs are made to match.
+wandb keeps one run per run directory (its id in `wandb_id.txt`; a fresh start gets a new one).
+Its history cannot be rewritten (online on the server, offline in the `.wandb` files of earlier
+processes), so a resumed run reads back which steps it holds (the server's step online, the
+offline files otherwise, see `wandb_offline`), sends again the steps up to the checkpoint that it
+lacks (an offline process killed with SIGKILL saves little), and skips the steps it holds past
+the checkpoint (wandb keeps the values the interrupted run logged for them, which an unchanged
+resume repeats bit for bit). A logger added later (TensorBoard) implements `Sink` the same way.
+
+Files of the run directory that l3m reads back (`metrics.jsonl`, `wandb_id.txt`, wandb's offline
+files) are opened only when they are regular files (a FIFO would block), read in bounded pieces,
+and lines that l3m cannot have written are dropped with a note.
+
 wandb is offline unless the program or the command line says `log { wandb = "online" }`;
 `log.wandb = "disabled"` turns it off, and `WANDB_MODE=offline|disabled` may only turn it down.
 Credentials and the server come only from wandb's own user-level mechanisms (`wandb login` /
@@ -15,19 +31,23 @@ when it first loads its settings, so l3m has it load them from an empty director
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import re
 import secrets
+import stat
 import sys
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from l3m.config import LogConfig
 from l3m.train.perf import human, human_bytes, human_time
+from l3m.train.wandb_offline import held_steps
 
 _FIXED = ("split", "step", "epoch", "time")
 _PERF = ("lr", "grad_norm", "samples_per_s", "tokens_per_s", "mfu", "memory_bytes", "step_time_s", "eta_s")
@@ -40,42 +60,126 @@ def _clean(value: Any) -> Any:
     return value
 
 
+class UnusableLog(OSError):
+    """A log file of the run directory that l3m will not open (not a regular file)."""
+
+
+MAX_LINE = 1 << 20  # a metrics record is a few hundred bytes; a longer line is not one of l3m's
+
+
+def _open_regular(path: Path, flags: int) -> int:
+    """A descriptor of `path` opened with `flags`, refusing anything but a regular file (a FIFO
+    would block the open or the read, a device would never end, a symlink may point anywhere)."""
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:
+        if path.is_symlink() or e.errno in (errno.ELOOP, errno.ENXIO):
+            raise UnusableLog(f"{path} is not a regular file (a link, FIFO or device); move it away") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnusableLog(f"{path} is not a regular file (a FIFO, device or directory); move it away")
+    return fd
+
+
+def read_small(path: Path, limit: int = 256) -> str | None:
+    """The text of a small regular file l3m wrote, or None when it is missing; `UnusableLog`
+    when it is not a regular file, or is larger than `limit` bytes, or is not UTF-8 text."""
+    if not os.path.lexists(path):
+        return None
+    fd = _open_regular(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UnusableLog(f"{path} is larger than l3m ever writes it ({limit} bytes); move it away")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnusableLog(f"{path} is not text; move it away") from None
+
+
+def _record_step(line: bytes) -> int | None:
+    """The step of one metrics line, or None when it is not a record l3m wrote."""
+    try:
+        rec = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(rec, dict):
+        return None
+    step = rec.get("step")
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
+
+
 class MetricsFile:
-    """Append-only JSON lines, flushed per record."""
+    """Append-only JSON lines, flushed per record (a `Sink`)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the run
+        self._f = self._open()
+
+    def _open(self):
+        fd = _open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        return os.fdopen(fd, "a", encoding="utf-8")
 
     def write(self, record: Mapping[str, Any]) -> None:
         self._f.write(json.dumps({k: _clean(v) for k, v in record.items()}, allow_nan=False) + "\n")
         self._f.flush()
 
-    def close(self) -> None:
+    log = write
+
+    def resume(self, step: int, history: list[dict[str, Any]] | None = None) -> str | None:
+        self._f.close()
+        dropped, unreadable = self.cut_after(self.path, step)
+        self._f = self._open()
+        notes = []
+        if dropped:
+            notes.append(f"dropped {dropped} metrics line(s) logged after step {step}")
+        if unreadable:
+            notes.append(f"dropped {unreadable} line(s) of {self.path} that are not metrics records "
+                         "(cut short by a kill, or not written by l3m)")
+        return "; ".join(notes) or None
+
+    def close(self, exit_code: int = 0) -> None:
         self._f.close()
 
     @staticmethod
     def truncate_after(path: str | Path, step: int) -> int:
-        """Drop records past `step` (left by a run that went on after its last checkpoint)."""
+        """Drop records past `step` (left by a run that went on after its last checkpoint) and
+        lines that are not records; how many lines were dropped."""
+        return sum(MetricsFile.cut_after(path, step))
+
+    @staticmethod
+    def cut_after(path: str | Path, step: int) -> tuple[int, int]:
+        """`truncate_after`, counting (records past `step`, lines that are not records). Reads
+        line by line, at most `MAX_LINE` bytes of each, so no file makes it hang or fill memory."""
         p = Path(path)
-        if not p.is_file():
-            return 0
-        kept, dropped = [], 0
-        for line in p.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:  # a line cut short by a kill
-                dropped += 1
-                continue
-            if isinstance(rec, dict) and int(rec.get("step", 0)) > step:
-                dropped += 1
-                continue
-            kept.append(line)
+        if not os.path.lexists(p):
+            return 0, 0
+        fd = _open_regular(p, os.O_RDONLY)
         tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        dropped = unreadable = 0
+        with os.fdopen(fd, "rb") as src, open(tmp, "wb") as out:
+            while True:
+                line = src.readline(MAX_LINE)
+                if not line:
+                    break
+                if not line.endswith(b"\n") and len(line) == MAX_LINE:  # too long: skip the rest of it
+                    while (more := src.readline(MAX_LINE)) and not more.endswith(b"\n"):
+                        pass
+                    unreadable += 1
+                    continue
+                if not line.strip():
+                    continue
+                at = _record_step(line)
+                if at is None:  # a line cut short by a kill, or one l3m did not write
+                    unreadable += 1
+                elif at > step:
+                    dropped += 1
+                else:
+                    out.write(line if line.endswith(b"\n") else line + b"\n")
         tmp.replace(p)
-        return dropped
+        return dropped, unreadable
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -110,22 +214,52 @@ def setup_wandb_outside_project(wandb: Any) -> None:
             os.chdir(here)
 
 
+_WANDB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def read_wandb_id(run_dir: Path) -> str | None:
+    """The wandb run id kept in `wandb_id.txt`, None when there is none yet; `UnusableLog` when
+    the file is not one l3m wrote (not a regular file, too long, odd characters)."""
+    path = run_dir / "wandb_id.txt"
+    text = read_small(path, 256)
+    if text is None or not text.strip():
+        return None
+    if not _WANDB_ID.fullmatch(text.strip()):
+        raise UnusableLog(f"{path} does not hold a wandb run id (letters, digits, '-' and '_'); move it away")
+    return text.strip()
+
+
 class WandbSink:
-    def __init__(self, run_dir: Path, log: LogConfig, explicit: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+    """One wandb run per run directory, resumed by every later process of the run (a `Sink`)."""
+
+    def __init__(self, run_dir: Path, log: LogConfig, explicit: Mapping[str, Any], config: Mapping[str, Any],
+                 start_step: int = 0) -> None:
+        """`start_step`: the checkpoint step a resumed run continues from; 0 starts a new wandb run
+        (the history of an earlier one that got no checkpoint cannot be rewritten)."""
         self.run = None
+        self.held: set[tuple[int, str]] = set()  # (step, split) the wandb run holds from an earlier process
+        self.held_below = 0  # online: the server holds every step below this one
         mode = wandb_mode(log, explicit)
         if mode == "disabled":
             return
+        run_id = read_wandb_id(run_dir)  # before importing wandb: a bad file is reported, never waited on
+        if start_step == 0:
+            run_id = None
         import wandb
 
         setup_wandb_outside_project(wandb)
-        id_file = run_dir / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.is_file() else None
         if not run_id:  # kept in the run directory, so a resumed run continues the same wandb run
             run_id = secrets.token_hex(6)
-            id_file.write_text(run_id + "\n")
-        wandb_dir = Path(os.environ.get("WANDB_DIR") or run_dir)
+            _write_small(run_dir / "wandb_id.txt", run_id + "\n")
+        # absolute: wandb's service process was started in a temporary folder (above) and would
+        # resolve a relative `--output` there, losing every record
+        wandb_dir = Path(os.environ.get("WANDB_DIR") or run_dir).absolute()
         wandb_dir.mkdir(parents=True, exist_ok=True)
+        self.unknown = False
+        if mode == "offline" and start_step > 0:  # what the earlier processes' files really hold
+            held = held_steps(wandb_dir, run_id)
+            self.unknown = held is None
+            self.held = held or set()
         self.run = wandb.init(
             project=log.project,
             name=log.name or run_dir.name,
@@ -138,10 +272,39 @@ class WandbSink:
             # programs for git to run (core.fsmonitor): never from l3m.
             settings=wandb.Settings(disable_git=True),
         )
+        if mode == "online":  # a resumed online run starts past the last step the server holds
+            self.held_below = int(getattr(self.run, "step", 0) or 0)
+
+    def _holds(self, record: Mapping[str, Any]) -> bool:
+        step = int(record["step"])
+        return step < self.held_below or (step, str(record.get("split", "train"))) in self.held
+
+    def resume(self, step: int, history: list[dict[str, Any]]) -> str | None:
+        """Send again what the wandb run lacks of `history` (an offline process killed with SIGKILL
+        saves little or nothing); later, skip the steps it already holds."""
+        if self.run is None:
+            return None
+        if self.unknown:  # cannot tell what it holds: the checkpoint's steps are assumed sent
+            self.held_below = step + 1
+            return "cannot read wandb's offline files of this run; steps up to the checkpoint are not sent again"
+        missing = [r for r in history if not self._holds(r)]
+        for record in missing:
+            self._send(record)
+        later = sorted({s for s, _ in self.held if s > step} | set(range(step + 1, self.held_below)))
+        notes = []
+        if missing:
+            notes.append(f"sent wandb {len({int(r['step']) for r in missing})} step(s) up to {step} "
+                         "that the interrupted process had not saved")
+        if later:
+            notes.append(f"wandb already holds steps {min(later)}-{max(later)} from the interrupted run; "
+                         "they are not sent again (wandb keeps their first values)")
+        return "; ".join(notes) or None
 
     def log(self, record: Mapping[str, Any]) -> None:
-        if self.run is None:
-            return
+        if self.run is not None and not self._holds(record):
+            self._send(record)
+
+    def _send(self, record: Mapping[str, Any]) -> None:
         split = record.get("split", "train")
         data = {f"{split}/{k}": v for k, v in record.items() if k not in _FIXED and isinstance(v, (int, float))}
         self.run.log(data, step=int(record["step"]))
@@ -150,6 +313,13 @@ class WandbSink:
         if self.run is not None:
             self.run.finish(exit_code=exit_code)
             self.run = None
+
+
+def _write_small(path: Path, text: str) -> None:
+    """Replace `path` whole (a kill leaves the old or the new text, never a mix)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 # -- the console ------------------------------------------------------------------------------
@@ -163,7 +333,7 @@ def format_record(record: Mapping[str, Any], total_steps: int) -> str:
     for k, v in record.items():
         if k in _FIXED or k in _PERF or k == "samples" or not isinstance(v, (int, float)):
             continue
-        parts.append(f"{k} {v:.4f}")
+        parts.append(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}")  # counts (data_errors) stay whole
     if split == "train":
         if record.get("lr") is not None:
             parts.append(f"lr {record['lr']:.2e}")
@@ -248,11 +418,28 @@ class ConsoleSink:
             self.progress = None
 
 
+class Sink(Protocol):
+    """What every log of a run implements (metrics.jsonl, wandb; TensorBoard or any other later)."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        """One training or evaluation record (`split`, `step`, numbers)."""
+
+    def resume(self, step: int, history: list[dict[str, Any]]) -> str | None:
+        """Called before the first record of a run resumed from a checkpoint at `step` (0: a run
+        that starts afresh), with `history`, the records up to `step` as `metrics.jsonl` holds them:
+        after it, the log holds each of them once and no step appears twice. A note, or None."""
+
+    def close(self, exit_code: int = 0) -> None:
+        """The run ended (`exit_code` 0: it finished)."""
+
+
 class RunLogger:
     """Everything a run reports, fanned out to the console, `metrics.jsonl` and wandb."""
 
-    def __init__(self, console: ConsoleSink | None, metrics: MetricsFile | None, wandb: WandbSink | None) -> None:
+    def __init__(self, console: ConsoleSink | None, metrics: MetricsFile | None, wandb: WandbSink | None,
+                 others: list[Sink] | None = None) -> None:
         self.console, self.metrics, self.wandb = console, metrics, wandb
+        self.sinks: list[Sink] = [x for x in (metrics, wandb) if x is not None] + list(others or [])
 
     @classmethod
     def null(cls) -> RunLogger:
@@ -260,15 +447,29 @@ class RunLogger:
 
     @classmethod
     def for_run(cls, run_dir: Path, log: LogConfig, explicit: Mapping[str, Any], total_steps: int,
-                config: Mapping[str, Any]) -> RunLogger:
+                config: Mapping[str, Any], start_step: int = 0) -> RunLogger:
+        """The run's logger, every log resumed at `start_step` (the checkpoint's step, 0 for a run
+        that starts afresh: what an earlier process logged is then dropped or, for wandb, left in
+        its own wandb run)."""
         console = ConsoleSink(log.console, total_steps)
         metrics = MetricsFile(run_dir / "metrics.jsonl")
         try:
-            wandb = WandbSink(run_dir, log, explicit, config)
+            wandb = WandbSink(run_dir, log, explicit, config, start_step)
         except Exception as e:  # noqa: BLE001 - a broken wandb install must not stop training
-            console.message(f"wandb is off: {type(e).__name__}: {e}", "warning")
+            console.message(f"wandb is off: {type(e).__name__}: {e}" if not isinstance(e, UnusableLog)
+                            else f"wandb is off: {e}", "warning")
             wandb = None
-        return cls(console, metrics, wandb)
+        logger = cls(console, metrics, wandb)
+        logger.resume(start_step)
+        return logger
+
+    def resume(self, step: int) -> None:
+        notes = [self.metrics.resume(step, [])] if self.metrics else []  # first: the record of what was logged
+        history = read_metrics(self.metrics.path) if self.metrics else []
+        notes += [sink.resume(step, history) for sink in self.sinks if sink is not self.metrics]
+        for note in notes:
+            if note:
+                self.info(note)
 
     def start(self, step: int) -> None:
         if self.console:
@@ -280,12 +481,10 @@ class RunLogger:
 
     def log(self, record: dict[str, Any]) -> None:
         record.setdefault("time", time.time())
-        if self.metrics:
-            self.metrics.write(record)
+        for sink in self.sinks:
+            sink.log(record)
         if self.console:
             self.console.record(record)
-        if self.wandb:
-            self.wandb.log(record)
 
     def info(self, text: str) -> None:
         if self.console:
@@ -302,7 +501,5 @@ class RunLogger:
     def close(self, exit_code: int = 0) -> None:
         if self.console:
             self.console.close()
-        if self.metrics:
-            self.metrics.close()
-        if self.wandb:
-            self.wandb.close(exit_code)
+        for sink in self.sinks:
+            sink.close(exit_code)

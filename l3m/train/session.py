@@ -26,10 +26,14 @@ import torch.distributed as dist
 from torch import nn
 
 from l3m.config import LogConfig, MeshConfig, TrainConfig, build_section
+from l3m.data.errors import reset_scan_policy, set_scan_policy
+from l3m.data.global_batch import BatchLayout, derive_layout, source_batch_size, train_settings
 from l3m.data.loader import StatefulLoader, build_loader, mix_seed
+from l3m.data.sources.mixture import Mixture, mixture_parts, part_names
 from l3m.dsl import Compiled
 from l3m.dsl.diagnostics import Diagnostic
 from l3m.dsl.ir import Call, Node, Program, Span
+from l3m.model.blame import BLOCK_FAILED, BlockFailure, ProgramError, error_text
 from l3m.model.build import build_model, entry_for, instantiate, materialize
 from l3m.model.criterion import Criterion, build_criterion
 from l3m.registry import RUNTIME_PARAMS, lookup
@@ -153,7 +157,11 @@ def call_factory(call: Call, kind: str, *runtime: Any) -> Any:
     sig = entry.signature
     skip = RUNTIME_PARAMS.get(kind, 0)
     file_sig = sig.replace(parameters=list(sig.parameters.values())[skip:])
-    return entry.obj(*runtime, **call.kwargs_for(file_sig))
+    try:
+        return entry.obj(*runtime, **call.kwargs_for(file_sig))
+    except (TypeError, ValueError) as e:  # the file's arguments, refused by the optimizer or schedule itself
+        raise ProgramError(Diagnostic(BLOCK_FAILED, f"{kind} '{call.type_name}' could not be built: {error_text(e)}",
+                                      call.type_span, "check its arguments (`l3m blocks -v` lists them)")) from e
 
 
 def build_generators(program: Program) -> list[tuple[Any, dict[str, str], dict[str, str]]]:
@@ -165,16 +173,22 @@ def build_generators(program: Program) -> list[tuple[Any, dict[str, str], dict[s
 
 
 def build_source_loader(node: Node, generators: Sequence, rt: Runtime, train: TrainConfig,
-                        data_rank: tuple[int, int] | None = None) -> StatefulLoader:
+                        data_rank: tuple[int, int] | None = None, grad_accum: int = 1,
+                        program: Program | None = None) -> StatefulLoader:
     """`data_rank`: this rank's (index, count) among the ranks that read different samples (the
     data-parallel ones under a mesh; tensor- and context-parallel peers read the same samples);
-    default: every process reads its own."""
+    default: every process reads its own. The source's `batch_size` is the global batch of those
+    ranks, drawn by each as `grad_accum` micro-batches."""
     rank, world = data_rank if data_rank is not None else (rt.rank, rt.world_size)
     entry = entry_for(node.call, ("source",), f"{node.span}: {node.path}")
     try:
         source = instantiate(node.call, entry)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{node.span}: data source '{node.name}': {e}") from e
+    except OSError:  # a missing or unreadable dataset: an I/O error (exit 2), said as it is
+        raise
+    except Exception as e:  # the source's constructor refused the file's arguments
+        raise BlockFailure(node, e, building=True) from e
+    if isinstance(source, Mixture) and program is not None:
+        source = bind_mixture(source, node, program)
     return build_loader(
         source,
         generators,
@@ -184,7 +198,39 @@ def build_source_loader(node: Node, generators: Sequence, rt: Runtime, train: Tr
         seed=train.seed,
         num_workers=train.num_workers,
         pin_memory=rt.device.type == "cuda",
+        grad_accum=grad_accum,
     )
+
+
+def bind_mixture(source: Mixture, node: Node, program: Program) -> Mixture:
+    """Build the data entries a Mixture names and hand them to it."""
+    parts = []
+    for part in mixture_parts(program, node):
+        try:
+            parts.append((instantiate(part.call, entry_for(part.call, ("source",), f"{part.span}: {part.path}")),
+                          part.ports_out()))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{part.span}: data source '{part.name}': {e}") from e
+    try:
+        return source.bind(parts, node.write_keys)
+    except ValueError as e:
+        raise ValueError(f"{node.span}: data source '{node.name}': {e}") from e
+
+
+def train_layout(node: Node, program: Program, train: TrainConfig, dp: int) -> BatchLayout:
+    """The global batch's split on `dp` data-parallel ranks; writes the derived `grad_accum` and
+    `micro_batch` into `train` (the trainer's step draws that many micro-batches)."""
+    batch, _ = source_batch_size(node)
+    if batch is None:
+        raise ValueError(f"{node.span}: data source '{node.name}': its batch_size is not an integer")
+    accum, micro = train_settings(program)
+    try:
+        layout = derive_layout(batch, dp, accum, micro)
+    except ValueError as e:
+        raise ValueError(f"{node.span}: data source '{node.name}': {e} (set batch_size, train.grad_accum or "
+                         "train.micro_batch so that they divide)") from None
+    train.grad_accum, train.micro_batch = layout.accum, layout.micro
+    return layout
 
 
 def parallelize(model: nn.Module, mesh: MeshConfig, train: TrainConfig) -> tuple[nn.Module, bool]:
@@ -291,13 +337,24 @@ def build_session(compiled: Compiled, rt: Runtime, *, command: str = "train") ->
     # generator with an evaluation form (`for_eval`, e.g. AIM's full-attention prefix) uses it there.
     eval_generators = [(g.for_eval() if hasattr(g, "for_eval") else g, i, o)
                        for g, i, o in generators if not getattr(g, "train_only", False)]
-    sources = sorted(program.of_role("source"), key=lambda n: n.index)
+    parts = part_names(program)  # the sources of a Mixture are not sources of their own
+    sources = sorted((n for n in program.of_role("source") if n.name not in parts), key=lambda n: n.index)
+    data = build_section("data", program.section("data"))  # the bad-data policy (l3m.data.errors)
+    scan = set_scan_policy(data.on_error)  # what the sources' indexes do with what they cannot read
     for node in sources:
         if node.name == TRAIN_SOURCE and command == "train":
-            session.train_loader = build_source_loader(node, generators, rt, train, data_rank)
+            layout = train_layout(node, program, train, data_rank[1] if data_rank is not None else rt.world_size)
+            session.train_loader = build_source_loader(node, generators, rt, train, data_rank, layout.accum,
+                                                       program=program)
         elif node.name != TRAIN_SOURCE:
-            session.eval_loaders[node.name] = build_source_loader(node, eval_generators, rt, train, data_rank)
+            session.eval_loaders[node.name] = build_source_loader(node, eval_generators, rt, train, data_rank,
+                                                                  program=program)
     if command == "eval" and not session.eval_loaders:  # nothing held out: evaluate on the training data
         node = next(n for n in sources if n.name == TRAIN_SOURCE)
-        session.eval_loaders[node.name] = build_source_loader(node, eval_generators, rt, train, data_rank)
+        session.eval_loaders[node.name] = build_source_loader(node, eval_generators, rt, train, data_rank,
+                                                              program=program)
+    reset_scan_policy(scan)
+    for loader in [session.train_loader, *session.eval_loaders.values()]:
+        if loader is not None:
+            loader.set_error_policy(data.on_error, data.max_error_fraction)
     return session

@@ -42,7 +42,7 @@ def test_jsonl_text_and_labels(datasets_lib, tmp_path):
     s = src[4]
     assert set(s) == set(src.spec()) == {"text", "label"}
     assert decode_caption(s["text"]) == "item 4" and s["label"] == 1 and s["text"].shape == (12,)
-    with pytest.raises(KeyError, match="nope"):
+    with pytest.raises(ValueError, match=r"no field\(s\) \['nope'\].*drop the port: text_field = null"):
         len(HFDataset(str(path), image_field=None, text_field="nope", label_field=None))
 
 

@@ -68,12 +68,12 @@ def test_unknown_port_is_an_error_and_unmapped_ports_are_dropped():
 
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ranks_get_disjoint_equal_shards(world_size):
-    n, bs = 23, 2
+    n, bs = 23, 2  # bs per rank; the source's batch_size is the global batch
     seen = []
     for rank in range(world_size):
-        loader = build_loader(Noisy(n, bs), [], None, rank=rank, world_size=world_size, seed=1)
+        loader = build_loader(Noisy(n, bs * world_size), [], None, rank=rank, world_size=world_size, seed=1)
         idx = torch.cat([b["idx"] for b in _take(loader, loader.batches_per_epoch)]).tolist()
-        assert loader.batches_per_epoch == (n // world_size) // bs
+        assert loader.batches_per_epoch == n // (bs * world_size)
         seen.append(idx)
     flat = [i for s in seen for i in s]
     assert len(flat) == len(set(flat))  # disjoint
@@ -122,11 +122,11 @@ def test_workers_and_main_process_produce_identical_batches():
 
 
 def test_per_sample_randomness_follows_seed_epoch_index_not_position():
-    src = Noisy(12, 3)
+    src = Noisy(12, 4)
     a = build_loader(src, [], None, rank=0, world_size=2, seed=9)
     b = build_loader(src, [], None, rank=0, world_size=1, seed=9)
     noise_a = {int(i): z for bt in _take(a, 2) for i, z in zip(bt["idx"], bt["noise"])}
-    noise_b = {int(i): z for bt in _take(b, 4) for i, z in zip(bt["idx"], bt["noise"])}
+    noise_b = {int(i): z for bt in _take(b, 3) for i, z in zip(bt["idx"], bt["noise"])}
     assert noise_a and all(torch.equal(z, noise_b[i]) for i, z in noise_a.items())
 
 
@@ -147,7 +147,7 @@ def test_eval_pass_sees_every_sample_once_with_equal_batches_per_rank(num_worker
     n, world_size = 10, 3
     counts, real = [], []
     for rank in range(world_size):
-        loader = _loader(Noisy(n, 2), rank=rank, world_size=world_size, num_workers=num_workers)
+        loader = _loader(Noisy(n, 6), rank=rank, world_size=world_size, num_workers=num_workers)
         next(loader)
         position = loader.state_dict()
         batches = list(loader.iter_epoch_once())
@@ -168,7 +168,9 @@ def test_state_errors_and_layout_warning():
         loader.load_state_dict({"epoch": 0, "batch": 99})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        loader.load_state_dict({**loader.state_dict(), "world_size": 4})
+        loader.load_state_dict({**loader.state_dict(), "world_size": 4})  # the position is global: no loss
+        assert not caught
+        loader.load_state_dict({**loader.state_dict(), "seed": 4})
     assert any("will not match" in str(w.message) for w in caught)
-    with pytest.raises(ValueError, match="not one batch"):
-        build_loader(Noisy(3, 2), [], None, world_size=2)
+    with pytest.raises(ValueError, match="not one global batch"):
+        build_loader(Noisy(3, 4), [], None, world_size=2)

@@ -181,8 +181,8 @@ def test_image_text_jsonl(tmp_path):
     )
     assert decode_caption(src[1]["text"]) == "green"
     moved = ImageTextJSONL(str(tmp_path / "pairs.jsonl"), image_root=str(tmp_path / "nowhere"), batch_size=1)
-    with pytest.raises(FileNotFoundError):
-        moved[0]
+    with pytest.raises(ValueError, match=r"nowhere/pics/red.png: cannot decode image: FileNotFoundError"):
+        moved[0]  # a DataError (l3m.data.errors): the loader's on_error policy decides
 
 
 @pytest.mark.parametrize("kind", ["image", "tokens", "image_text"])

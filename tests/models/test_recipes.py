@@ -19,6 +19,7 @@ from torchvision import transforms as T
 
 import l3m
 from l3m.config import build_section
+from l3m.data.global_batch import derive_layout
 from l3m.data.transforms import image_transform
 from l3m.model.build import module_path, root_prefix
 from l3m.registry import lookup
@@ -52,6 +53,9 @@ class Recipe:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# The configs give the batch per GPU and leave the GPU count open; the files write the global batch
+# for one 8-GPU node (so each GPU's micro-batches are the original's there).
+GPUS = 8
 NO_SHARD = {"dp_replicate": -1, "dp_shard": 1, "tp": 1, "cp": 1}
 FULL_SHARD = {"dp_replicate": 1, "dp_shard": -1, "tp": 1, "cp": 1}
 CROP = {"min_scale": 0.4, "interpolation": "bicubic"}  # RandomResizedCrop(scale [0.4, 1.0], interpolation 3)
@@ -158,8 +162,10 @@ def test_train_settings(case):
     train = build_section("train", c.program.section("train"))
     source = _node(c.program, "source", "train")
     assert train.steps == r.steps
-    assert source.call.kwargs["batch_size"] * train.grad_accum == r.per_gpu_batch
+    assert source.call.kwargs["batch_size"] == r.per_gpu_batch * GPUS  # the global batch
     assert train.grad_accum == r.grad_accum
+    layout = derive_layout(source.call.kwargs["batch_size"], GPUS, train.grad_accum, train.micro_batch or None)
+    assert layout.micro * layout.accum == r.per_gpu_batch and layout.accum == r.grad_accum
     assert train.grad_clip == r.grad_clip
     assert train.dtype == "bf16" and train.param_dtype == "bf16"  # experiment.dtype, fsdp.param_dtype
     assert train.reduce_dtype == r.reduce_dtype
@@ -267,7 +273,7 @@ def test_data(case):
     if "eval_resize" in r.extra:
         ev = _node(program, "source", "eval")
         assert ev.call.kwargs["resize"] == r.extra["eval_resize"] and ev.call.kwargs["interpolation"] == "bicubic"
-        assert ev.call.kwargs["batch_size"] == r.per_gpu_batch and ev.call.kwargs["augment"] == "none"
+        assert ev.call.kwargs["batch_size"] == r.per_gpu_batch * GPUS and ev.call.kwargs["augment"] == "none"
         assert ev.call.kwargs["root"].endswith("/val") and kw["root"].endswith("/train")
     if r.extra.get("eval_same_as_train"):  # data.validation: the train dataset, transform and tokenizer
         ev = _node(program, "source", "eval")
@@ -275,7 +281,7 @@ def test_data(case):
         loader_args = ("batch_size", "shuffle", "drop_last")
         assert {k: v for k, v in ev.call.kwargs.items() if k not in loader_args} == \
             {k: v for k, v in kw.items() if k not in loader_args}
-        assert ev.call.kwargs["batch_size"] == r.per_gpu_batch  # not chunked for evaluation
+        assert ev.call.kwargs["batch_size"] == r.per_gpu_batch * GPUS  # not chunked for evaluation
     if "eval_prefix" in r.extra:  # evaluation generators: force_full_attn
         gen = _node(program, "generator", type_name="RandomPrefixLength")
         assert gen.call.kwargs["eval_len"] == r.extra["eval_prefix"]

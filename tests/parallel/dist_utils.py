@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # a head tied to the embedding (`vp` makes it vocab-parallel under tensor parallelism).
 LLM = """l3m 1
 let dim = 32
-let batch = 4
+let batch = 8  # the global batch: 8 samples per step on any mesh
 let vp = false
 data {{
   train: TextBytes(root = "{corpus}", seq_len = 16, batch_size = batch, max_bytes = 0, test_fraction = 0.1)

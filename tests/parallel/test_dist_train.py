@@ -16,12 +16,12 @@ from l3m.train.logging import read_metrics
 
 pytestmark = pytest.mark.dist
 
-# Each mesh on 2 processes, with the per-rank batch that keeps the global batch at 4 samples
-# (times 2 micro-batches): data-parallel ranks read half of it each, tensor- and
-# context-parallel ranks all read the whole of it.
+# Each mesh on 2 processes; the file's batch_size is the global batch (8 samples per step, as 2
+# micro-batches per rank): data-parallel ranks read half of it each, tensor- and context-parallel
+# ranks all read the whole of it.
 MESHES = {
-    "dp_shard": ["mesh.dp_shard=2", "batch=2", "train.activation_checkpointing=selective"],
-    "dp_replicate": ["mesh.dp_replicate=2", "batch=2", "train.activation_checkpointing=full"],
+    "dp_shard": ["mesh.dp_shard=2", "train.activation_checkpointing=selective"],
+    "dp_replicate": ["mesh.dp_replicate=2", "train.activation_checkpointing=full"],
     "tp": ["mesh.tp=2", "vp=true"],
     "cp": ["mesh.cp=2"],
 }

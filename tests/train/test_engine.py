@@ -60,7 +60,8 @@ def test_same_file_and_seed_give_the_same_losses_bit_for_bit(llm, tmp_path):
 def test_grad_accum_matches_a_bigger_batch(llm, tmp_path):
     common = ["train.steps=3", "optimizer.lr=1e-3"]
     assert train_main(str(llm), [*common, "data.train.batch_size=4"], output=str(tmp_path / "big")) == 0
-    assert train_main(str(llm), [*common, "data.train.batch_size=2", "train.grad_accum=2"],
+    # batch_size is the global batch: 4 samples per step as 2 micro-batches of 2 (micro_batch derives accum)
+    assert train_main(str(llm), [*common, "data.train.batch_size=4", "train.micro_batch=2"],
                       output=str(tmp_path / "acc")) == 0
     big, acc = final_weights(tmp_path / "big"), final_weights(tmp_path / "acc")
     for k in big:
@@ -152,7 +153,10 @@ sys.exit(train_main(sys.argv[1], sys.argv[3:], output=sys.argv[2]))
 
 @pytest.mark.dist
 def test_two_ranks_match_one_rank_with_the_global_batch(llm, tmp_path):
-    """Under torchrun (gloo): each rank reads its shard, gradients are averaged, rank 0 writes."""
+    """Under torchrun (gloo): the same file (batch_size = the global batch) on 2 ranks and on 1 gives
+    the same losses and perplexities, train and eval, and the same weights; a checkpoint of the
+    2-rank run resumes on 1 rank at the same global position and continues as the 2-rank run did."""
+    import shutil
     import subprocess
     import sys
 
@@ -160,16 +164,38 @@ def test_two_ranks_match_one_rank_with_the_global_batch(llm, tmp_path):
 
     script = tmp_path / "launch.py"
     script.write_text(DIST_SCRIPT)
-    common = ["train.steps=3", "train.log_every=1"]
+    common = ["train.steps=5", "train.log_every=1", "train.eval_every=2", "train.checkpoint_every=3",
+              "data.train.batch_size=8", "train.deterministic=true"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
            str(llm), str(tmp_path / "two"), *common]
     proc = subprocess.run(cmd, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("step 3/3") == 1  # only rank 0 logs
-    assert train_main(str(llm), [*common, "data.train.batch_size=8"], output=str(tmp_path / "one")) == 0
+    assert proc.stdout.count("step 5/5") == 1  # only rank 0 logs
+    assert train_main(str(llm), common, output=str(tmp_path / "one")) == 0
     two, one = final_weights(tmp_path / "two"), final_weights(tmp_path / "one")
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=k)
-    assert sorted(p.name for p in (tmp_path / "two" / "ckpt" / "step_000003").glob("rank_*.json")) == [
+    assert sorted(p.name for p in (tmp_path / "two" / "ckpt" / "step_000005").glob("rank_*.json")) == [
         "rank_0.json", "rank_1.json"]
     assert metrics(tmp_path / "two")[-1]["samples_per_s"] > 0
+    for split, steps in (("train", [1, 2, 3, 4, 5]), ("val", [2, 4, 5])):
+        m2, m1 = metrics(tmp_path / "two", split), metrics(tmp_path / "one", split)
+        assert [r["step"] for r in m2] == [r["step"] for r in m1] == steps
+        for r2, r1 in zip(m2, m1):
+            for key in ("loss", "ce", "ppl"):
+                assert r2[key] == pytest.approx(r1[key], rel=1e-5, abs=1e-5), (split, r1["step"], key)
+        if split == "val":
+            assert {r["samples"] for r in m2} == {r["samples"] for r in m1} == {8}  # eval_steps = 2 batches of 4
+
+    # Resume the 2-rank run's step-3 checkpoint on 1 rank: the same samples at steps 4 and 5.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "two", resumed)
+    shutil.rmtree(resumed / "ckpt" / "step_000005")
+    assert train_main(str(llm), common, output=str(resumed), resume=True) == 0
+    m2, mr = metrics(tmp_path / "two"), metrics(resumed)
+    assert [r["step"] for r in mr] == [1, 2, 3, 4, 5]
+    for r2, rr in zip(m2[3:], mr[3:]):
+        assert rr["loss"] == pytest.approx(r2["loss"], rel=1e-5, abs=1e-5) and rr["epoch"] == r2["epoch"]
+    res = final_weights(resumed)
+    for k in two:
+        torch.testing.assert_close(res[k], two[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -56,7 +56,9 @@ def _napping_program(llm, tmp_path, monkeypatch):
 
 def test_sigkill_then_resume_is_bit_exact(llm, tmp_path, monkeypatch):
     program = _napping_program(llm, tmp_path, monkeypatch)
-    common = ["train.steps=8", "train.checkpoint_every=3", "train.keep=0", "train.log_every=1"]
+    # Loader worker processes, and each step's global batch of 4 drawn as 2 micro-batches of 2.
+    common = ["train.steps=8", "train.checkpoint_every=3", "train.keep=0", "train.log_every=1",
+              "train.num_workers=2", "train.micro_batch=2"]
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert train_main(str(program), common, output=str(full)) == 0
 
@@ -64,7 +66,7 @@ def test_sigkill_then_resume_is_bit_exact(llm, tmp_path, monkeypatch):
             f"sys.exit(train_main({str(program)!r}, {[*common, 'nap=0.25']!r}, output={str(killed)!r}))")
     env = child_env()
     env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
@@ -72,7 +74,7 @@ def test_sigkill_then_resume_is_bit_exact(llm, tmp_path, monkeypatch):
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline, "the child never wrote its first checkpoint"
             time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # the loader's workers too
         proc.wait()
     finally:
         if proc.poll() is None:

@@ -20,8 +20,10 @@ class Source(Dataset):
     """Base class: `outputs` names the ports; `spec()` gives their per-sample shapes without I/O.
 
     Subclasses set `outputs`, implement `__len__`, `__getitem__(i) -> {port: tensor}` and `spec`.
-    `batch_size` is per data-parallel rank; `shuffle` and `drop_last` are the loader's defaults
-    for this source.
+    `batch_size` is the global batch (all data-parallel ranks together: one optimizer step's
+    samples for `train`, split over ranks and micro-batches; l3m.data.global_batch); `shuffle`
+    and `drop_last` are the loader's defaults for this source (in training, `drop_last = false`
+    keeps an incomplete last global batch when it splits over the ranks and micro-batches).
     """
 
     outputs: tuple[str, ...] = ()

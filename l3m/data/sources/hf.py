@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import torch
 
+from l3m.data.errors import guarded
 from l3m.data.sources.base import Spec
 from l3m.data.sources.captions import caption_encoder, encode, require
 from l3m.data.sources.images import ImageSource
@@ -146,7 +147,9 @@ class HFDataset(ImageSource):
         ds = load_local(self.path, self.split)
         missing = [f for f in self.fields.values() if f not in ds.column_names]
         if missing:
-            raise KeyError(f"HFDataset: {self.path!r} has no field(s) {missing}; it has {ds.column_names}")
+            unset = [f"{port}_field = null" for port, f in self.fields.items() if f in missing]
+            raise ValueError(f"HFDataset: {self.path!r} has no field(s) {missing}; it has {ds.column_names} "
+                             f"(choose one of those, or drop the port: {', '.join(unset)})")
         return ds
 
     def __len__(self) -> int:
@@ -155,10 +158,12 @@ class HFDataset(ImageSource):
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        rec = self.dataset[int(i)]
+        where = f"{self.path}[{int(i)}]"
+        rec = guarded(where, "cannot read record", lambda: self.dataset[int(i)])
         out = {}
         if "image" in self.fields:
-            out["image"] = self.transform(_to_pil(rec[self.fields["image"]]))
+            value = rec[self.fields["image"]]
+            out["image"] = guarded(where, "cannot decode image", lambda: self.transform(_to_pil(value)))
         if "text" in self.fields:
             out["text"] = encode(self.encoder, str(rec[self.fields["text"]]))
         if "label" in self.fields:

@@ -12,6 +12,7 @@ from typing import Literal
 
 import torch
 
+from l3m.data.errors import guarded
 from l3m.data.sources.base import Source, Spec, find_files
 from l3m.data.sources.captions import caption_encoder, encode, require
 from l3m.data.sources.text import iter_jsonl
@@ -128,7 +129,8 @@ class ImageFolder(ImageSource):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         path, label = self._folder.samples[i]
-        return {"image": self.transform(load_rgb(path)), "label": torch.tensor(label, dtype=torch.long)}
+        image = guarded(path, "cannot decode image", lambda: self.transform(load_rgb(path)))
+        return {"image": image, "label": torch.tensor(label, dtype=torch.long)}
 
     def spec(self) -> Spec:
         return {"image": self.image_spec(), "label": ((), torch.long)}
@@ -204,7 +206,8 @@ class ImageTextJSONL(ImageSource):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         image, text = self.records[i]
-        return {"image": self.transform(load_rgb(image)), "text": encode(self.encoder, text)}
+        pixels = guarded(image, "cannot decode image", lambda: self.transform(load_rgb(image)))
+        return {"image": pixels, "text": encode(self.encoder, text)}
 
     def spec(self) -> Spec:
         return {"image": self.image_spec(), "text": ((self.seq_len,), torch.long)}

@@ -17,12 +17,30 @@ with the pad id (`pad_token`, else the tokenizer's pad, else its EOS); `tokens` 
 `seq_len`, `targets` = its last `seq_len`. Padded targets keep the pad id (the original's loss does
 not ignore them). `split` then takes the first or last `test_fraction` of the documents.
 `text_clean` (`none`, `lower`, `nopunct`; see `clean_text`) cleans each document in both modes.
+
+Packed with a real tokenizer, a source also has the optional `segments` port (`l3m.data.segments`):
+the document index of every `tokens` position within its window. Binding it (`-> tokens, targets,
+segments`) and reading it with `DocumentMask() (segments = segments) -> mask` keeps attention inside
+documents; `l3m lint` refuses the port on a source that cannot give it (bytes, `pack = false`).
+
+Memory: the corpus is never read whole for `pack = false` or for `tokenizer = "bytes"`. A first
+scan indexes where each document lies (8-16 bytes per document, `l3m.data.sources.textindex`);
+a sample is read and tokenized in `__getitem__`, in the loader's workers (a byte window is a
+range of the stream, read across files with seek). A real tokenizer with `pack = true` needs
+every document's token count before it can cut windows, so it still reads and packs the text
+in memory, bounded by `max_bytes`: for a large corpus tokenize it once with `l3m data prepare`
+and train from the `TokenShards` source, which reads the shards through memory maps.
+
+A malformed JSONL line raises `DataError` naming `file:line` when its sample is read (during
+the scan when the scan parses lines: byte streams and capped JSONL), which the loader's
+`on_error` policy raises or skips.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -31,21 +49,23 @@ import numpy as np
 import torch
 
 from l3m.data import embedded
+from l3m.data.segments import pack_with_ends, window_segments
 from l3m.data.sources.base import Source, Spec, check_split, find_files
+from l3m.data.sources.textindex import ByteRanges, DocIndex
 from l3m.data.tokenizers import load_tokenizer
-from l3m.data.tokenizers.policy import CaptionEncoder, clean_text, pack_documents
+from l3m.data.tokenizers.policy import CaptionEncoder, clean_text
 from l3m.registry import register
 
-# Packed token streams (or per-document rows), shared by the sources of one process (train and eval
-# read the same text).
+# Packed token streams, shared by the sources of one process (train and eval read the same text).
 _PACKED: dict[tuple, np.ndarray] = {}
-_ROWS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+_ENDS: dict[tuple, np.ndarray] = {}  # the documents' end offsets in each packed stream (for `segments`)
+_BIG_CORPUS = 1 << 30  # bytes of text past which packing in memory earns a warning
 
 
 class ByteStream(Source):
     """Shared machinery: subclasses only say which documents make up the stream (`docs`)."""
 
-    outputs = ("tokens", "targets")
+    outputs = ("tokens", "targets", "segments?")
     token_policy = "stream"  # how `tokenizer` encodes text (read by the checker too)
     _separator = b""  # between documents in a byte stream
 
@@ -94,28 +114,41 @@ class ByteStream(Source):
             max_bytes,
         )
 
-    def docs(self) -> list[bytes]:
-        """The documents of the source, in a fixed order; reading may stop past `max_bytes`."""
+    def doc_index(self) -> DocIndex:
+        """Where the source's documents lie (one scan of its files; see `l3m.data.sources.textindex`)."""
         raise NotImplementedError
 
+    @cached_property
+    def index(self) -> DocIndex:
+        return self.doc_index()
+
+    @property
+    def scan_errors(self) -> list[str]:
+        """Lines the index left out under `scan_policy("skip")` (the loader counts them)."""
+        return self.index.scan_errors
+
+    def docs(self) -> list[bytes]:
+        """The documents of the source, in a fixed order, read whole (only the tokenizer + pack path does)."""
+        return [self.index.doc_bytes(k) for k in range(len(self.index))]
+
     def read(self) -> bytes:
-        """Every byte of the source, documents joined by the source's separator."""
-        return self._separator.join(self.docs())
+        """Every byte of the source's byte stream (documents joined by the separator, cut at `max_bytes`)."""
+        return self.ranges.read(0, self.ranges.size)
 
     def _capped(self) -> int:
         return self.max_bytes if self.max_bytes > 0 else -1
 
     def _ids(self) -> np.ndarray:
-        """Every token of the source: bytes, or whole documents encoded and packed with EOS."""
-        if self.tokenizer == "bytes":
-            data = self.read()
-            if self.max_bytes > 0:
-                data = data[: self.max_bytes]
-            return np.frombuffer(data, dtype=np.uint8)
+        """Every token of the source, whole documents encoded and packed with EOS (read into memory)."""
         try:
             tok = load_tokenizer(self.tokenizer, self.token_policy)
         except (OSError, ValueError) as e:
             raise type(e)(f"{type(self).__name__}: {e}") from None
+        size = sum(p.stat().st_size for p in self.index.files)
+        if self.max_bytes <= 0 and size > _BIG_CORPUS:
+            warnings.warn(f"{type(self).__name__}: packing {size / 2**30:.1f} GiB of text with a tokenizer reads it "
+                          "all into memory; tokenize it once with `l3m data prepare` and train from TokenShards",
+                          stacklevel=2)
         docs = self.docs()
         digest = hashlib.blake2b(digest_size=16)
         for d in docs:
@@ -124,10 +157,13 @@ class ByteStream(Source):
         texts = [clean_text(d.decode("utf-8", errors="replace"), self.text_clean) for d in docs]
         key = (id(tok), digest.hexdigest(), self.text_clean)
         if key not in _PACKED:
-            _PACKED[key] = pack_documents(tok, texts)
+            _PACKED[key], _ENDS[key] = pack_with_ends(tok, texts)
+        self._doc_ends = _ENDS[key]
         return _PACKED[key]
 
-    def _encoder(self) -> CaptionEncoder:
+    @cached_property
+    def encoder(self) -> CaptionEncoder:
+        """pack = false: how one document becomes a row."""
         try:
             tok = load_tokenizer(self.tokenizer, self.token_policy)
             return CaptionEncoder(tok, self.seq_len + 1, self.text_clean, self.pad_token)
@@ -135,81 +171,96 @@ class ByteStream(Source):
             raise type(e)(f"{type(self).__name__}: {e}") from None
 
     @cached_property
-    def rows(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """pack = false: this split's documents, encoded and cut but unpadded (flat ids, offsets), and the pad id."""
-        enc = self._encoder()
-        docs = self.docs()
-        digest = hashlib.blake2b(digest_size=16)
-        for d in docs:
-            digest.update(len(d).to_bytes(8, "little"))
-            digest.update(d)
-        key = (id(enc.tok), digest.hexdigest(), self.text_clean, self.seq_len, enc.pad_id)
-        if key not in _ROWS:
-            _ROWS[key] = enc.rows([d.decode("utf-8", errors="replace") for d in docs])
-        flat, offsets = _ROWS[key]
-        n = len(offsets) - 1
+    def doc_range(self) -> tuple[int, int]:
+        """pack = false: this split's documents, [lo, hi) in the index."""
+        n = len(self.index)
         cut = int(n * (1.0 - self.test_fraction))
         lo, hi = (0, cut) if self.split == "train" else (cut, n)
         if hi <= lo:
             raise ValueError(f"{type(self).__name__}: the {self.split} split holds no document "
                              f"({n} in all); give it more documents or another test_fraction")
-        return torch.from_numpy(flat.copy()), torch.from_numpy(offsets[lo : hi + 1].copy()), enc.pad_id
+        return lo, hi
+
+    @cached_property
+    def ranges(self) -> ByteRanges:
+        """tokenizer = "bytes": the byte stream of every document, read by range."""
+        return ByteRanges(self.index, self._separator, self._capped())
+
+    @cached_property
+    def byte_range(self) -> tuple[int, int]:
+        """tokenizer = "bytes": this split's [lo, hi) in the byte stream."""
+        size = self.ranges.size
+        cut = int(size * (1.0 - self.test_fraction))
+        lo, hi = (0, cut) if self.split == "train" else (cut, size)
+        self._check_length(hi - lo, "bytes")
+        return lo, hi
+
+    def _check_length(self, n: int, unit: str) -> None:
+        if n < self.seq_len + 1:
+            raise ValueError(
+                f"{type(self).__name__}: the {self.split} split holds {n} {unit}, fewer than "
+                f"seq_len + 1 = {self.seq_len + 1}; give it more text or a shorter seq_len"
+            )
 
     @cached_property
     def stream(self) -> torch.Tensor:
-        """[n] token ids of this split (read once per process, shared with forked workers)."""
+        """[n] token ids of this split. With a real tokenizer (pack = true) this is how samples are
+        read (once per process, shared with forked workers); with bytes it reads the whole split
+        (for inspection: samples are read by range)."""
+        if self.tokenizer == "bytes":
+            lo, hi = self.byte_range
+            return torch.frombuffer(bytearray(self.ranges.read(lo, hi)), dtype=torch.uint8)
         ids = self._ids()
         cut = int(len(ids) * (1.0 - self.test_fraction))
         part = ids[:cut] if self.split == "train" else ids[cut:]
-        if len(part) < self.seq_len + 1:
-            unit = "bytes" if self.tokenizer == "bytes" else "tokens"
-            raise ValueError(
-                f"{type(self).__name__}: the {self.split} split holds {len(part)} {unit}, fewer than "
-                f"seq_len + 1 = {self.seq_len + 1}; give it more text or a shorter seq_len"
-            )
+        self._check_length(len(part), "tokens")
+        self._stream_start = 0 if self.split == "train" else cut  # where the split starts (for `segments`)
         return torch.from_numpy(part.copy())
 
     def __len__(self) -> int:
         if not self.pack:
-            return len(self.rows[1]) - 1
+            lo, hi = self.doc_range
+            return hi - lo
+        if self.tokenizer == "bytes":
+            lo, hi = self.byte_range
+            return (hi - lo - 1) // self.seq_len
         return (len(self.stream) - 1) // self.seq_len
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if not 0 <= i < len(self):
             raise IndexError(f"sample {i} out of range for {len(self)} samples")
         if not self.pack:
-            flat, offsets, pad = self.rows
-            w = torch.full((self.seq_len + 1,), pad, dtype=torch.long)
-            ids = flat[offsets[i] : offsets[i + 1]].long()
-            w[: len(ids)] = ids
+            ids = self.encoder(self.index.text(self.doc_range[0] + i))
+            w = torch.tensor(ids, dtype=torch.long)
             return {"tokens": w[:-1], "targets": w[1:]}
         start = i * self.seq_len
-        w = self.stream[start : start + self.seq_len + 1].long()
+        if self.tokenizer == "bytes":
+            a = self.byte_range[0] + start
+            data = self.ranges.read(a, a + self.seq_len + 1)
+            w = torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
+        else:
+            w = self.stream[start : start + self.seq_len + 1].long()
+            segments = window_segments(self._doc_ends, self._stream_start + start, self.seq_len)
+            return {"tokens": w[:-1], "targets": w[1:], "segments": segments}
         return {"tokens": w[:-1], "targets": w[1:]}
 
     def spec(self) -> Spec:
-        return {"tokens": ((self.seq_len,), torch.long), "targets": ((self.seq_len,), torch.long)}
+        spec = {"tokens": ((self.seq_len,), torch.long), "targets": ((self.seq_len,), torch.long)}
+        if self.pack and self.tokenizer != "bytes":  # packed documents: their ids within each window
+            spec["segments"] = ((self.seq_len,), torch.long)
+        return spec
 
-
-def read_text_files(files: list[Path], limit: int) -> bytes:
-    """Concatenated bytes of the UTF-8 files among `files` (others skipped), stopping past `limit` (-1: all)."""
-    return b"".join(read_text_docs(files, limit))
-
-
-def read_text_docs(files: list[Path], limit: int) -> list[bytes]:
-    """The UTF-8 files among `files` (others skipped), one document each, stopping past `limit` (-1: all)."""
-    chunks, total = [], 0
-    for path in files:
-        data = path.read_bytes()
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-        chunks.append(data)
-        total += len(data)
-        if 0 <= limit <= total:
-            break
-    return chunks
+    @staticmethod
+    def port_problem(port: str, args: dict) -> str | None:
+        """Why a source called with `args` (its constructor's arguments, defaults filled) cannot give
+        `port`, or None; read by `l3m lint` (`l3m.dsl.datacheck`)."""
+        if port != "segments":
+            return None
+        if args.get("tokenizer") == "bytes":
+            return "segments are the documents of a packed stream: they need a real tokenizer, not \"bytes\""
+        if args.get("pack") is False:
+            return "with pack = false every sample is one document: there are no segments to give"
+        return None
 
 
 @register("source")
@@ -250,8 +301,8 @@ class TextBytes(ByteStream):
             return embedded.stdlib_files()
         return find_files(self.root, self.pattern or "**/*")
 
-    def docs(self) -> list[bytes]:
-        return read_text_docs(self.files(), self._capped())
+    def doc_index(self) -> DocIndex:
+        return DocIndex(self.files(), None, limit=self._capped())
 
 
 @register("source")
@@ -311,23 +362,10 @@ class TextJSONL(ByteStream):
         self.path, self.field, self.separator = path, field, separator
         self._separator = separator.encode("utf-8")
 
-    def docs(self) -> list[bytes]:
-        sep = self._separator if self.tokenizer == "bytes" else b""
-        limit = self._capped()
-        chunks, total = [], 0
-        for file in find_files(self.path):
-            for lineno, doc in enumerate(iter_jsonl(file), start=1):
-                if doc is None:
-                    continue
-                value = doc.get(self.field) if isinstance(doc, dict) else None
-                if not isinstance(value, str):
-                    raise ValueError(f"{file}:{lineno}: expected a string field {self.field!r}")
-                data = value.encode("utf-8")
-                chunks.append(data)
-                total += len(data) + len(sep)
-                if 0 <= limit <= total:
-                    return chunks
-        return chunks
+    def doc_index(self) -> DocIndex:
+        stream = self.tokenizer == "bytes"
+        return DocIndex(find_files(self.path), self.field, limit=self._capped(),
+                        sep_len=len(self._separator) if stream else 0, with_lengths=stream)
 
 
 def iter_jsonl(path: Path):

@@ -19,6 +19,7 @@ from torch.distributed.tensor.parallel import (
 )
 
 from l3m.model.blocks.embeddings import apply_rope
+from l3m.model.blocks.flex import flex_attend, is_block_mask
 from l3m.model.blocks.layers import Linear
 from l3m.model.blocks.masks import causal
 from l3m.model.blocks.norms import make_norm
@@ -33,8 +34,12 @@ def attend(
 ) -> torch.Tensor:
     """SDPA on `[B, N, H, hd]` tensors (k/v may have fewer heads: GQA); returns `[B, N, H*hd]`.
 
-    A mask together with `is_causal` is combined into one boolean mask.
+    A mask together with `is_causal` is combined into one boolean mask. A FlexAttention `BlockMask`
+    (from `DocumentMask`, causal already) runs FlexAttention instead of SDPA.
     """
+    if is_block_mask(mask):
+        out = flex_attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, q.shape[-1] ** -0.5)
+        return out.transpose(1, 2).flatten(2)
     if mask is not None and is_causal:
         mask = mask & causal(q.shape[1], q.device).view(1, 1, q.shape[1], q.shape[1])
         is_causal = False
@@ -156,6 +161,9 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if self.cp is not None and not self.cross:
+            if is_block_mask(mask):
+                raise ValueError("a FlexAttention block mask cannot be split over context-parallel ranks; "
+                                 "DocumentMask builds dense rows under mesh.cp > 1 (impl = auto or dense)")
             n = q.shape[1]
             k, v = self.cp.gather(k, dim=1), self.cp.gather(v, dim=1)
             if is_causal:  # the causal rows of this rank's queries, over every key

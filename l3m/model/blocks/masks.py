@@ -6,13 +6,19 @@ key j". None of these blocks has parameters.
 Under context parallelism `l3m.dist.cp` sets `cp` on each mask block: its input is then this
 rank's slice of the sequence, and the mask is `[B, 1, n_local, N]`, the rows of the local
 queries over every key.
+
+`DocumentMask` may instead give a FlexAttention `BlockMask` (on CUDA, see `l3m.model.blocks.flex`),
+which `Attention` runs with FlexAttention.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
+from l3m.model.blocks.flex import document_block_mask, flex_available
 from l3m.registry import register
 
 
@@ -103,20 +109,49 @@ class PaddingMask(nn.Module):
 
 @register("block")
 class DocumentMask(nn.Module):
-    """Causal attention within documents of a packed sequence; a document ends with `eos_id`
-    (the eos token belongs to the document it closes)."""
+    """Causal attention within the documents of a packed sequence: query i sees key j iff j <= i
+    and both belong to one document.
+
+    Documents come from `segments` (int `[B, N]`, the document index of every position, as a packed
+    source's `segments` port gives them: 0, 1, 2, ... along the window) or, without it, from
+    `tokens` and `eos_id` (a document ends with `eos_id`; the eos belongs to the document it closes).
+
+    `impl`: "dense" gives the boolean `[B, 1, N, N]` mask (SDPA); "flex" a FlexAttention `BlockMask`
+    that skips the masked tiles; "auto" (the default) is flex on CUDA and dense elsewhere (torch's
+    FlexAttention has no backward on the CPU) and always dense under context parallelism (each rank
+    builds its rows). Both give the same attention.
+
+    The loss is left alone, as the original's is: every target counts (only `ignore_index` targets
+    are skipped), including the one at a document's last token, whose target is the first token of
+    the next document. Positions are not reset per document (the original's default too).
+    """
 
     outputs = ("mask",)
     cp = None
 
-    def __init__(self, eos_id: int):
+    def __init__(self, eos_id: int | None = None, impl: Literal["auto", "flex", "dense"] = "auto"):
         super().__init__()
-        self.eos_id = eos_id
+        if impl not in ("auto", "flex", "dense"):
+            raise ValueError(f"impl must be auto, flex or dense, not {impl!r}")
+        self.eos_id, self.impl = eos_id, impl
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        keys = all_keys(self, tokens)
-        is_eos = (keys == self.eos_id).long()
-        doc = is_eos.cumsum(dim=1) - is_eos  # eos tokens before position i
-        rows, total = query_rows(self, tokens.shape[1], tokens.device)
+    def forward(self, tokens: torch.Tensor | None = None, segments: torch.Tensor | None = None):
+        if segments is not None:
+            doc = all_keys(self, segments)
+            ref = segments
+        elif tokens is None:
+            raise ValueError("DocumentMask reads `segments` (document ids) or `tokens` (with eos_id); bind one")
+        elif self.eos_id is None:
+            raise ValueError("DocumentMask finds documents in `tokens` by eos_id: give eos_id, or bind `segments`")
+        else:
+            is_eos = (all_keys(self, tokens) == self.eos_id).long()
+            doc = is_eos.cumsum(dim=1) - is_eos  # eos tokens before position i
+            ref = tokens
+        if self.impl == "flex" or (self.impl == "auto" and self.cp is None and flex_available(doc.device)):
+            if self.cp is not None:
+                raise ValueError("DocumentMask(impl = \"flex\") cannot run under context parallelism "
+                                 "(mesh.cp > 1); use impl = auto or dense")
+            return document_block_mask(doc)
+        rows, total = query_rows(self, ref.shape[1], ref.device)
         same = doc[:, rows][:, :, None] == doc[:, None, :]
         return (same & causal_rows(rows, total)[None])[:, None]
