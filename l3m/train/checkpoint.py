@@ -49,6 +49,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
+from l3m.durable import fsync_dir
 from l3m.train import faults
 from l3m.train.preempt import critical_section
 from l3m.train.safe_dcp import (
@@ -189,19 +190,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_manifest(directory: Path, step: int) -> None:
@@ -414,7 +402,7 @@ class CheckpointManager:
                     shutil.rmtree(old, ignore_errors=True)
                 else:
                     os.replace(tmp, final)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             self.prune()
         self._barrier()
         return final
@@ -433,7 +421,7 @@ class CheckpointManager:
         self._barrier()
         if self.rank == 0:
             write_manifest(tmp, step)
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
 
     def _write_failure(self, final: Path, cause: OSError) -> str:
         """One line: what could not be written, why, and what is left to resume from."""
@@ -476,8 +464,7 @@ def _dcp_load(target: dict[str, torch.Tensor], path: Path, no_dist: bool) -> Non
     `UnsafeCheckpoint` or `ValueError`, so that they are reported like any bad checkpoint."""
     try:
         with _quiet_single_process():
-            # safe: restricted metadata unpickler, tensors only (weights_only=True), manifest verified first
-            dcp.load(target, storage_reader=SafeFileSystemReader(str(path)), planner=TensorsOnlyPlanner(),
+            dcp.load(target, storage_reader=SafeFileSystemReader(str(path)), planner=TensorsOnlyPlanner(),  # safe: restricted metadata unpickler, tensors only, manifest verified first
                      no_dist=no_dist)
     except CheckpointException as e:
         causes = [f[0] if isinstance(f, tuple) else f for f in e.failures.values()]

@@ -47,29 +47,6 @@ def job_id(job: dict) -> str:
     return hashlib.sha256(canonical(job)).hexdigest()[:32]
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """tmp + fsync + rename: a reader (or a resumed prepare) sees the whole file or none of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def read_json(path: Path, what: str) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -20,10 +20,8 @@ from l3m.data.prepare.format import (
     MANIFEST,
     ManifestError,
     canonical,
-    fsync_dir,
     job_id,
     read_json,
-    write_atomic,
 )
 from l3m.data.prepare.plan import (
     PrepareError,
@@ -36,6 +34,7 @@ from l3m.data.prepare.plan import (
 )
 from l3m.data.prepare.progress import Progress
 from l3m.data.prepare.work import finished_shard, init_worker, write_shard
+from l3m.durable import fsync_dir, write_atomic
 
 
 @dataclass
