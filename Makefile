@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh clone:
 #   make demo   -- create .venv, install l3m, lint + graph the examples, train one end to end
-#   make test   -- create .venv, install l3m, lint every shipped .l3m file, run the test suite
+#   make test   -- create .venv, install l3m, lint every shipped .l3m file, check their layout (l3m fmt),
+#                  run the test suite
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -33,6 +34,7 @@ demo: setup
 
 test: setup
 	$(L3M) lint $(L3M_FILES)
+	$(L3M) fmt --check models examples
 	$(PY) -m pytest -q -n 2
 
 lint-code: setup

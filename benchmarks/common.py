@@ -170,10 +170,14 @@ def trainer(s):
 
 
 def block(model, path: str):
-    """The block module at `path` (`trunk.blocks`), however the MetaModel nests it."""
+    """The block module at `path` (`trunk.blocks`: under the root model, `gpt.trunk.blocks`),
+    however the MetaModel nests it."""
     from torch import nn
 
-    m = model.get_submodule(path)
+    try:
+        m = model.get_submodule(path)
+    except AttributeError:  # parameter names start with the root model's name
+        m = model.get_submodule(f"{next(iter(model._modules))}.{path}")
     inner = getattr(m, "block", None)  # older MetaModels wrap each block in a ReadWriteBlock
     return inner if isinstance(inner, nn.Module) else m
 

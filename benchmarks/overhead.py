@@ -24,8 +24,14 @@ from typing import Any
 import common
 import plain
 
-MID = ["dim=256", "model.depth=4", "model.heads=4"]
-CASES = [("llm_bytes", "tiny", []), ("vit_digits", "tiny", []), ("llm_bytes", "mid", MID), ("vit_digits", "mid", MID)]
+
+def mid(model: str) -> list[str]:
+    """The mid size: overrides start with the example's model name (`gpt.depth`, `vit.depth`)."""
+    return ["dim=256", f"{model}.depth=4", f"{model}.heads=4"]
+
+
+CASES = [("llm_bytes", "tiny", []), ("vit_digits", "tiny", []), ("llm_bytes", "mid", mid("gpt")),
+         ("vit_digits", "mid", mid("vit"))]
 TARGET = {"eager": 1.02, "compiled": 1.0}
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import common
 
-MID = ["dim=256", "model.depth=4", "model.heads=4"]
+MID = ["dim=256", "gpt.depth=4", "gpt.heads=4"]  # llm_bytes: overrides start with its model's name
 CONFIGS = [("llm_bytes", "tiny", []), ("llm_bytes", "mid", MID)]
 # FSDP2's own profiler labels around its hooks (each also names its module); they do not nest
 # in one another, so their sum is the step's time in FSDP: all-gathers, reduce-scatters, copies.

@@ -141,6 +141,7 @@ _RENAMES = [  # on names without the `.block` segment that older MetaModels put 
     (r"head\.fc\.fc\.", "head."),
 ]
 _BLOCK_SEGMENT = re.compile(r"^((?:preprocessor|trunk|postprocessor|head)\.\w+)\.block\.")
+_ROOT_MODEL = re.compile(r"^\w+\.(?=(?:preprocessor|trunk|postprocessor|head)\.)")  # `gpt.` in `gpt.trunk.blocks...`
 
 
 def from_l3m(state: Mapping[str, torch.Tensor], twin: nn.Module, heads: int) -> dict[str, torch.Tensor]:
@@ -152,7 +153,7 @@ def from_l3m(state: Mapping[str, torch.Tensor], twin: nn.Module, heads: int) -> 
     glu = any(isinstance(m, SwiGLU) for m in twin.modules())
     out: dict[str, torch.Tensor] = {}
     for name, t in state.items():
-        new = _BLOCK_SEGMENT.sub(r"\1.", name)
+        new = _BLOCK_SEGMENT.sub(r"\1.", _ROOT_MODEL.sub("", name))
         for pattern, repl in _RENAMES:
             new = re.sub(pattern, repl, new)
         new = new.replace("mlp.W1.", "mlp.gate." if glu else "mlp.fc1.").replace(

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("frontend", "overhead", "throughput", "torch_compile", "parallel", "checkpointing", "dataloading",
-           "train_examples")
+SCRIPTS = ("frontend", "lint_speed", "overhead", "throughput", "torch_compile", "parallel", "checkpointing", "dataloading",
+           "train_examples", "lsp_latency")
 
 
 def main(argv: list[str] | None = None) -> int:

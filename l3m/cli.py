@@ -8,6 +8,7 @@ Arguments of the form `path=value` are overrides (`train.steps=10 dim=64`); the 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -52,8 +53,13 @@ def _print_diagnostics(compiled, fmt: str = "text", stream=None) -> None:
 def _compile(path: str, overrides: list[str], world_size: int | None = None, extensions: tuple[str, ...] = (),
              import_extensions: bool = False):
     """`lint` and `graph` read extension modules from source (never run them); `plan` imports them."""
-    from l3m.dsl import compile_file
-
+    paused = gc.isenabled()
+    gc.disable()  # importing the front end makes many long-lived objects: collecting them is wasted time
+    try:
+        from l3m.dsl import compile_file
+    finally:
+        if paused:
+            gc.enable()
     return compile_file(path, overrides, world_size=world_size, extensions=extensions,
                         import_extensions=import_extensions)
 
@@ -119,7 +125,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     if not compiled.ok:
         return EXIT_USAGE if _unreadable(compiled) else EXIT_ERRORS
     try:
-        data = render(compiled.program, compiled.flow, fmt)
+        data = render(compiled.program, compiled.flow, fmt, shapes=compiled.shapes)
     except RenderError as e:
         print(f"l3m graph: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -150,7 +156,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from l3m.plan import format_plan, plan
 
     try:
-        result = plan(compiled.program, world_size=args.world_size or 1, schedule=compiled.flow.model_order())
+        result = plan(compiled.program, world_size=args.world_size or 1, schedule=compiled.flow.model_order(),
+                      shapes=compiled.shapes)
     except ProgramError as e:  # a block that cannot be built, a mesh the model cannot be split over
         print(render_text(e.diagnostic, compiled.sources, color=_color(sys.stderr)), file=sys.stderr)
         return EXIT_ERRORS
@@ -266,6 +273,12 @@ def cmd_blocks(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_lsp(args: argparse.Namespace) -> int:
+    from l3m.lsp import main as lsp_main
+
+    return lsp_main()
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     args.explain = args.code
     return cmd_lint(args)
@@ -365,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     from l3m.fmt_cli import add_parser as add_fmt_parser
 
     add_fmt_parser(sub)
+    s = sub.add_parser("lsp", help="a language server for editors, on stdin/stdout (needs the 'lsp' extra)")
+    s.set_defaults(func=cmd_lsp)
     return p
 
 

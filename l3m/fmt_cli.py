@@ -56,7 +56,8 @@ def cmd_fmt(args: argparse.Namespace) -> int:
         except ParseFailure as e:
             sources = SourceCache()
             sources.add(name, text)
-            print(render_text(e.diagnostic, sources), file=sys.stderr)
+            for d in e.diagnostics:
+                print(render_text(d, sources), file=sys.stderr)
             errors += 1
             continue
         except FormatError as e:  # never expected: the formatter refuses rather than change a program
@@ -83,6 +84,9 @@ def cmd_fmt(args: argparse.Namespace) -> int:
     if changed + unchanged + errors and args.items != ["-"]:
         print(f"l3m fmt: {changed} file{'s' * (changed != 1)} {verb}, {unchanged} unchanged"
               + (f", {errors} with errors" if errors else ""), file=sys.stderr)
+        if changed and not write:
+            print(f"l3m fmt: run `l3m fmt {' '.join(args.items)}` to rewrite {'it' if changed == 1 else 'them'}",
+                  file=sys.stderr)
     if unreadable:
         return EXIT_USAGE
     if errors or (not write and changed):

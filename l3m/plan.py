@@ -34,11 +34,11 @@ from l3m.config import build_section, resolve_mesh
 from l3m.dsl.diagnostics import Diagnostic
 from l3m.dsl.ir import KeyDecl, Node, Program
 from l3m.model.blame import ProgramError, setting_span
-from l3m.model.build import build_model, entry_for, instantiate, module_path, root_prefix
+from l3m.model.build import build_model, entry_for, instantiate, module_path
 from l3m.model.core import MetaModel, bind_ports, params_by_block
 from l3m.model.criterion import build_criterion
 from l3m.model.patterns import unused_no_decay
-from l3m.registry import lookup
+from l3m.registry import load_builtins, lookup
 
 DTYPES: dict[str, torch.dtype] = {
     "float": torch.float32, "float32": torch.float32, "fp32": torch.float32, "f32": torch.float32,
@@ -70,11 +70,13 @@ def batch_layout(program: Program, dp: int, notes: list[str]) -> dict[str, int] 
             "data_parallel": layout.dp}
 
 
-def plan(program: Program, world_size: int = 1, *, schedule: Sequence[str] | None = None) -> dict[str, Any]:
+def plan(program: Program, world_size: int = 1, *, schedule: Sequence[str] | None = None,
+         shapes: Any = None) -> dict[str, Any]:
     """The plan of `program` on `world_size` ranks, as JSON-able numbers (see the module doc).
 
     Mistakes that only the built model shows raise `ProgramError` (a block that cannot be built, a
     mesh the model cannot be split over)."""
+    load_builtins()  # the live classes: the plan builds the model
     train = program.section("train")
     mesh = resolve_mesh(build_section("mesh", program.section("mesh")), world_size)
     dtype = train.get("dtype", "fp32")
@@ -123,7 +125,16 @@ def plan(program: Program, world_size: int = 1, *, schedule: Sequence[str] | Non
         "compute_dtype": compute,
         "optimizer": program.optimizer.type_name if program.optimizer else None,
         "notes": notes,
+        "keys": key_shapes(shapes),
     }
+
+
+def key_shapes(shapes: Any) -> list[dict[str, Any]]:
+    """Every key version with its writer(s) and static shape (`l3m.dsl.shapes.ShapeTable`; "?" unknown)."""
+    if shapes is None:
+        return []
+    return [{"key": r.key, "version": r.version, "writer": ", ".join(r.writers),
+             "shape": str(r.type) if r.type.known else "?"} for r in shapes.rows()]
 
 
 def check_plan_mesh(program: Program, model: nn.Module, mesh: Mapping[str, int]) -> None:
@@ -183,8 +194,7 @@ def _all_params(model: nn.Module, criterion: nn.Module | None) -> list[nn.Parame
 
 def count_params(program: Program, model: MetaModel, criterion: nn.Module | None) -> dict[str, Any]:
     """Exact counts (a tied weight once, for its first owner) by model, stage and block path."""
-    root = root_prefix(program)
-    node_of = {module_path(n, root): n for n in program.blocks}
+    node_of = {module_path(n): n for n in program.blocks}
     by_model: dict[str, int] = {}
     by_stage: dict[str, int] = {}
     by_block: dict[str, int] = {}
@@ -454,5 +464,11 @@ def format_plan(p: Mapping[str, Any]) -> str:
         lines.append(f"{'global batch':<28}{b['global']:>16,}   samples per optimizer step, all ranks")
         lines.append(f"{'micro-batch per rank':<28}{b['micro_per_rank']:>16,}   × {b['data_parallel']} data-parallel "
                      f"rank(s) × {b['grad_accum']} accumulation step(s)")
+    keys = p.get("keys") or []
+    if keys:
+        kw = max(len(k["key"]) for k in keys) + 2
+        ww = max(len(k["writer"]) for k in keys) + 2
+        lines.append("keys")
+        lines += [f"    {k['key']:<{kw}}{k['writer']:<{ww}}{k['shape']}" for k in keys]
     lines += [f"note: {n}" for n in p.get("notes", [])]
     return "\n".join(lines)

@@ -18,6 +18,10 @@ explicitly (`extension "mypkg.blocks"`), e.g.::
 Optimizers and schedules are factory functions whose leading parameters are supplied by
 the trainer, not by the file: an optimizer's first (`named_params`), a schedule's first two
 (`optimizer`, `total_steps`). `RUNTIME_PARAMS` says how many; the checker skips them.
+
+Until `load_builtins()` is called (by the paths that build, plan or train), `lookup`, `names` and
+`entries` answer for the built-in names from the checked-in manifest (`l3m.registry_static`), so
+checking a file imports no torch; entries registered by extension modules are served live.
 """
 
 from __future__ import annotations
@@ -120,13 +124,45 @@ class Entry:
 
     @cached_property
     def outputs(self) -> tuple[Port, ...]:
-        # "*": any keys, each bound to a port of its own name (a Mixture writes what its parts write)
-        return tuple(Port("*", optional=True, variadic=True) if n == "*" else Port(n.rstrip("?"), optional=n.endswith("?"))
-                     for n in self.outputs_spec)
+        return outputs_from_spec(self.outputs_spec)
+
+    @property
+    def outputs_attr(self) -> tuple[str, ...] | None:
+        """The class's own `outputs` attribute (None when it has none), before kind defaults."""
+        return tuple(self.obj.outputs or ()) if hasattr(self.obj, "outputs") else None
+
+    @property
+    def shapes(self) -> str | None:
+        """The class's shape rule (`"x: [B, N, dim] -> x: [B, N, dim]"`), None when it declares none."""
+        value = getattr(self.obj, "shapes", None)
+        return value if isinstance(value, str) else None
+
+    @property
+    def checks(self) -> tuple[tuple[str, str], ...]:
+        """The class's argument rules: (boolean expression over constructor arguments, message)."""
+        return tuple((str(e), str(m)) for e, m in (getattr(self.obj, "checks", None) or ()))
+
+    def trait(self, name: str) -> Any:
+        """A plain class attribute the checker reads (`token_policy`); None when the class has none."""
+        value = getattr(self.obj, name, None)
+        return None if callable(value) else value
+
+    def hook(self, name: str) -> Any:
+        """A static method the checker calls (`port_problem`); None when the class has none."""
+        return getattr(self.obj, name, None)
+
+
+def outputs_from_spec(spec: tuple[str, ...]) -> tuple[Port, ...]:
+    # "*": any keys, each bound to a port of its own name (a Mixture writes what its parts write)
+    return tuple(Port("*", optional=True, variadic=True) if n == "*" else Port(n.rstrip("?"), optional=n.endswith("?"))
+                 for n in spec)
 
 
 _REGISTRY: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
 _loaded = False
+_loading = False
+_version = 0  # bumped by every registration: the manifest view is rebuilt
+_view: tuple[Any, dict[str, dict[str, Any]]] | None = None
 
 
 def register(kind: str, name: str | None = None, **extra: Any) -> Callable[[Any], Any]:
@@ -139,6 +175,7 @@ def register(kind: str, name: str | None = None, **extra: Any) -> Callable[[Any]
         outputs = tuple(getattr(obj, "outputs", ()) or ())
         if kind in ("loss", "metric") and not outputs:
             outputs = ("out",)
+        global _version
         _REGISTRY[kind][key] = Entry(
             kind=kind,
             name=key,
@@ -148,18 +185,24 @@ def register(kind: str, name: str | None = None, **extra: Any) -> Callable[[Any]
             doc=inspect.getdoc(obj) or "",
             extra=extra,
         )
+        _version += 1
         return obj
 
     return wrap
 
 
 def load_builtins() -> None:
-    global _loaded
-    if _loaded:
+    """Import every built-in entry's module (torch): from now on the registry answers live."""
+    global _loaded, _loading
+    if _loaded or _loading:
         return
-    _loaded = True
-    for mod in BUILTIN_MODULES:
-        importlib.import_module(mod)
+    _loading = True
+    try:
+        for mod in BUILTIN_MODULES:
+            importlib.import_module(mod)
+        _loaded = True
+    finally:
+        _loading = False
 
 
 def load_extension(module: str) -> None:
@@ -167,24 +210,50 @@ def load_extension(module: str) -> None:
     importlib.import_module(module)
 
 
-def lookup(name: str) -> Entry | None:
+def _tables() -> dict[str, dict[str, Any]]:
+    """Kind -> name -> entry: live once `load_builtins()` ran; before, the manifest's built-in
+    entries, with what extension modules registered (live) on top."""
+    global _view
+    if _loaded:
+        return _REGISTRY
+    state = (_version, *map(len, _REGISTRY.values()))  # an entry popped from `_REGISTRY` counts too
+    if _view is None or _view[0] != state:
+        from l3m.registry_static import builtin_modules, manifest_entries
+
+        try:
+            listed = manifest_entries()
+        except (OSError, ValueError, KeyError, RuntimeError):  # no usable manifest: slow but right
+            load_builtins()
+            return _REGISTRY
+        tables: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
+        for e in listed:
+            tables[e.kind][e.name] = e
+        builtin = builtin_modules()
+        for kind, table in _REGISTRY.items():
+            for name, e in table.items():
+                if e.module not in builtin:  # an extension's entry (a built-in imported early stays manifest)
+                    tables[kind][name] = e
+        _view = (state, tables)
+    return _view[1]
+
+
+def lookup(name: str) -> Entry | Any | None:
     """The entry called `name`, whatever its kind (names are unique across kinds)."""
-    load_builtins()
-    for table in _REGISTRY.values():
+    for table in _tables().values():
         if name in table:
             return table[name]
     return None
 
 
 def names(kind: str | None = None) -> list[str]:
-    load_builtins()
+    tables = _tables()
     if kind is None:
-        return [n for t in _REGISTRY.values() for n in t]
-    return list(_REGISTRY[kind])
+        return [n for t in tables.values() for n in t]
+    return list(tables[kind])
 
 
-def entries(kind: str | None = None) -> list[Entry]:
-    load_builtins()
+def entries(kind: str | None = None) -> list[Entry | Any]:
+    tables = _tables()
     if kind is None:
-        return [e for t in _REGISTRY.values() for e in t.values()]
-    return list(_REGISTRY[kind].values())
+        return [e for t in tables.values() for e in t.values()]
+    return list(tables[kind].values())

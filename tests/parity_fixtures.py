@@ -43,15 +43,19 @@ def twin(tmp_path: Path, source: str, overrides: Iterable[str] = (), name: str =
     return materialize(l3m.load(str(path), list(overrides)).build_model(), "cpu").eval()
 
 
-def rename(weights: Mapping[str, torch.Tensor], rules: Iterable[tuple[str, str]]) -> dict[str, torch.Tensor]:
-    """Original names -> l3m names by ordered regex rules (first match wins; `None` target drops)."""
+def rename(weights: Mapping[str, torch.Tensor], rules: Iterable[tuple[str, str]],
+           root: str = "") -> dict[str, torch.Tensor]:
+    """Original names -> l3m names by ordered regex rules (first match wins; `None` target drops).
+    The rules write l3m names inside the model; `root` is the model's name, which starts every l3m
+    parameter name (`aim.trunk.encoder...`)."""
     compiled = [(re.compile(pattern), target) for pattern, target in rules]
     out = {}
     for name, tensor in weights.items():
         for pattern, target in compiled:
             if pattern.fullmatch(name):
                 if target is not None:
-                    out[pattern.sub(target, name)] = tensor
+                    new = pattern.sub(target, name)
+                    out[f"{root}.{new}" if root else new] = tensor
                 break
         else:
             raise KeyError(f"no rule maps the original's parameter {name!r}")

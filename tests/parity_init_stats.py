@@ -31,15 +31,16 @@ def select(names: Iterable[str], pattern: str) -> list[str]:
 
 
 def compare_groups(original: Mapping[str, Mapping], mine: Mapping[str, torch.Tensor],
-                   groups: Mapping[str, tuple[str, str]]) -> dict[str, tuple[dict, dict]]:
+                   groups: Mapping[str, tuple[str, str]], root: str = "") -> dict[str, tuple[dict, dict]]:
     """For each group `(pattern over the original's names, pattern over l3m's)`, assert that both sides
     have the same numel and agree on mean, std and |max| within sampling tolerance. Also asserts that
-    the groups cover every floating tensor on both sides. Returns the pairs compared."""
+    the groups cover every floating tensor on both sides. Returns the pairs compared. The l3m patterns
+    match names inside the model; `root` is the model's name that starts every l3m name."""
     used_o: set[str] = set()
     used_m: set[str] = set()
     compared = {}
     for group, (pat_o, pat_m) in groups.items():
-        names_o, names_m = select(original, pat_o), select(mine, pat_m)
+        names_o, names_m = select(original, pat_o), select(mine, rf"{re.escape(root)}\.(?:{pat_m})" if root else pat_m)
         assert names_o and names_m, f"{group}: no tensors ({len(names_o)} original, {len(names_m)} l3m)"
         used_o.update(names_o)
         used_m.update(names_m)

@@ -48,7 +48,7 @@ def test_train_eval_export_the_tiny_vit(tmp_path):
     from safetensors.torch import load_file
 
     weights = load_file(str(out))
-    assert any(k.startswith("trunk.blocks.") for k in weights)
+    assert any(k.startswith("vit.trunk.blocks.") for k in weights)  # the names `plan` prints
 
 
 def test_train_reports_compile_errors_without_a_traceback(tmp_path):

@@ -29,6 +29,7 @@ class RandomPrefixLength:
     """
 
     outputs = ("prefix_len",)
+    shapes = "x: [B, ...] -> prefix_len: long[B] < high + 1"
 
     def __init__(self, high: int, low: int = 1, eval_len: int | None = None) -> None:
         if not 0 <= low <= high:
@@ -65,6 +66,7 @@ class RandomMask:
     """
 
     outputs = ("mask",)
+    shapes = "x: [B, ...] -> mask: bool[B, num_tokens]"
 
     def __init__(self, num_tokens: int, ratio: float = 0.75) -> None:
         if num_tokens < 1:
@@ -95,6 +97,7 @@ class MixupCutmix:
     """
 
     outputs = ("image", "label")
+    shapes = "image: float[B, C, H, W], label: [B, ...] < num_classes -> image: float[B, C, H, W]"
     train_only = True  # an augmentation: evaluation loaders skip it
 
     def __init__(

@@ -5,11 +5,14 @@ from __future__ import annotations
 import gc
 from dataclasses import dataclass, field
 
-from l3m.dsl.check import check
+from l3m.dsl import parser_cache  # noqa: F401 - first: imports Lark the fast way (see its docstring)
+from l3m.dsl.check import check_all
 from l3m.dsl.diagnostics import CompileError, Diagnostic, SourceCache
+from l3m.dsl.instances import place_in_root
 from l3m.dsl.ir import Program
 from l3m.dsl.resolve import resolve
 from l3m.dsl.schedule import Dataflow
+from l3m.dsl.shapes import ShapeTable
 
 
 @dataclass
@@ -22,6 +25,8 @@ class Compiled:
     sources: SourceCache
     # Whether `extension` modules were imported (True) or only read from source (False, the default).
     extensions_imported: bool = field(default=False, kw_only=True)
+    # The static type of every key version (`l3m.dsl.shapes.ShapeTable`); None when not computed.
+    shapes: ShapeTable | None = field(default=None, kw_only=True)
 
     @property
     def ok(self) -> bool:
@@ -34,7 +39,9 @@ class Compiled:
     def build_model(self, device: str = "meta"):
         """The `MetaModel`, its forward in this program's schedule order (on the meta device by default)."""
         from l3m.model.build import build_model
+        from l3m.registry import load_builtins
 
+        load_builtins()  # the live classes (checking used the manifest)
         self.raise_errors()
         if self.program.extensions and not self.extensions_imported:
             names = ", ".join(repr(m) for m, _ in self.program.extensions)
@@ -66,13 +73,16 @@ def _compile(path: str, overrides, world_size: int | None, extensions: tuple[str
              import_extensions: bool) -> Compiled:
     res = resolve(path, overrides, extensions, import_extensions)
     diags = list(res.diagnostics)
-    flow = None
+    flow = shapes = None
     if res.program is not None and not any(d.code in ("E001", "E002", "E004") for d in diags):
-        flow, more = check(res.program, world_size)
-        diags += more
+        flow, more, shapes = check_all(res.program, world_size)
+        said = {(d.code, str(d.span)) for d in diags if d.span is not None}
+        # one message per code and place (the resolver and a later check may both see a bad name)
+        diags += [d for d in place_in_root(res.program, more, res.chains)
+                  if d.span is None or (d.code, str(d.span)) not in said]
     diags.sort(key=lambda d: (d.span.file if d.span else "", d.span.line if d.span else 0,
                               d.span.col if d.span else 0))
-    return Compiled(res.program, flow, diags, res.sources, extensions_imported=import_extensions)
+    return Compiled(res.program, flow, diags, res.sources, extensions_imported=import_extensions, shapes=shapes)
 
 
 __all__ = ["Compiled", "CompileError", "compile_file"]

@@ -7,20 +7,43 @@ from l3m.data.global_batch import TRAIN_SOURCE, derive_layout, source_batch_size
 from l3m.dsl.datacheck import check_data
 from l3m.dsl.diagnostics import Diagnostic
 from l3m.dsl.ir import Program
+from l3m.dsl.namecheck import check_names
+from l3m.dsl.paramcheck import check_params
 from l3m.dsl.refcheck import check_references
 from l3m.dsl.schedule import Dataflow, dataflow
+from l3m.dsl.shapes import ShapeTable, check_shapes
 from l3m.dsl.tokcheck import check_tokenizers
 
 
 def check(program: Program, world_size: int | None = None) -> tuple[Dataflow, list[Diagnostic]]:
+    flow, diags, _ = check_all(program, world_size)
+    return flow, diags
+
+
+def check_all(program: Program, world_size: int | None = None) -> tuple[Dataflow, list[Diagnostic], ShapeTable]:
+    """Every check, and the static shape of every key (`l3m.dsl.shapes`)."""
     flow = dataflow(program)
     diags = list(flow.diagnostics)
     diags += _check_mesh(program, world_size)
     diags += _check_global_batch(program, world_size)
     diags += check_tokenizers(program)
     diags += check_references(program, flow)
+    diags += check_names(program)
     diags += check_data(program)
-    return flow, diags
+    diags += check_params(program)
+    table, shape_diags = check_shapes(program, flow)
+    return flow, diags + _one_message_per_cause(diags, shape_diags), table
+
+
+def _one_message_per_cause(diags: list[Diagnostic], shape_diags: list[Diagnostic]) -> list[Diagnostic]:
+    """Shape diagnostics that say something new: E812 already says when a `vocab` is smaller than the
+    tokenizer, E106 that a key is the wrong one to read, E751 that integers are not floats."""
+    def at(d: Diagnostic) -> tuple | None:
+        return (d.span.file, d.span.line, d.span.col) if d.span else None
+
+    said = {(d.code, at(d)) for d in [*diags, *shape_diags]}
+    follow_on = {"E753": ("E812",), "E750": ("E106", "E751"), "E751": ("E106",)}
+    return [d for d in shape_diags if not any((c, at(d)) in said for c in follow_on.get(d.code, ()))]
 
 
 def _check_mesh(program: Program, world_size: int | None) -> list[Diagnostic]:

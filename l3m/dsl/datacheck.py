@@ -68,7 +68,7 @@ def _source_ports(node: Node) -> list[Diagnostic]:
     crossed = _crossed_ports(node, entry) if entry is not None else []
     if crossed:
         return crossed
-    problem = getattr(entry.obj, "port_problem", None) if entry is not None else None
+    problem = entry.hook("port_problem") if entry is not None else None
     if problem is None:
         return []
     args = _args(node)

@@ -87,7 +87,17 @@ CODES: dict[str, tuple[str, str]] = {
              "compiling any file fast and small."),
     "E501": ("bad-override", "A command-line override names a path that does not exist in the program, or its\n"
              "value is malformed. Paths: `name` (a let), `train.steps`, `mesh.tp`, `optimizer.lr`,\n"
-             "`data.train.batch_size`, `model.trunk.blocks.depth`, `loss.text.weight`, ..."),
+             "`data.train.batch_size`, `loss.text.weight`, and for the model the paths `l3m plan` prints:\n"
+             "`vit.trunk.blocks.depth` (a block's argument), `vit.dim` (an argument of a template instance)."),
+    "E502": ("old-override", "An override uses the spelling from before one name per thing: `model.<...>`. A model's\n"
+             "paths start with the model's own name, as `l3m plan` and `l3m graph` print them, so\n"
+             "`model.trunk.blocks.depth=2` is now `vit.trunk.blocks.depth=2` and `model.dim=32` is `vit.dim=32`\n"
+             "(for `model vit = ...`). The same path prefixes parameter names, freeze/no_decay/init globs and\n"
+             "checkpoint and export tensor names (`vit.trunk.blocks.layers.0.norm1.weight`)."),
+    "E503": ("model-name", "The model is named like a section or a declaration kind (`train`, `mesh`, `log`, `data`,\n"
+             "`loss`, `metric`, `optimizer`, `schedule`, ...). An override path starts with the model's name\n"
+             "(`vit.dim=32`), so `train.steps` could then mean either; rename the model. A `let` may share the\n"
+             "model's name: a let is overridden by its bare name (`vit=3`), the model only by a dotted path."),
     "E601": ("mesh", "The declared mesh cannot be laid over the world size: the product of the fixed\n"
              "dimensions must divide it, and at most one dimension may be -1."),
     "E602": ("setting", "A `train`, `mesh` or `log` section, or a settings line of `data` (`on_error`,\n"
@@ -131,11 +141,58 @@ CODES: dict[str, tuple[str, str]] = {
              "name when it is unique, else by its path such as `gpt.preprocessor.embed`), or the block itself.\n\n"
              "    head { lm: LMHead(dim = 64, vocab = 2048, tie = \"embd\") x -> logits }   # no block 'embd'"),
     "E640": ("pattern", "A parameter-name pattern matches nothing, so the setting would silently do nothing:\n"
-             "a `train.freeze` glob that matches no parameter of the model (checked by `plan` and `train`),\n"
-             "or a `train.init_include` / `init_exclude` glob that matches no tensor of the `init_from` file\n"
-             "(checked by `train`). Patterns are fnmatch globs over full names; `l3m plan` lists the blocks,\n"
-             "whose paths start the names (`trunk.blocks.layers.0.attn.qkv.weight`). An optimizer's `no_decay`\n"
-             "glob that matches nothing is only a note of `plan` (shared recipes list patterns for other models)."),
+             "a `train.freeze` or `train.init_include` glob that matches no parameter of the model (checked by\n"
+             "`lint` from the blocks' static parameter names, and again by `plan` and `train`), or a\n"
+             "`train.init_include` / `init_exclude` glob that matches no tensor of the `init_from` file (checked\n"
+             "by `train`). Patterns are fnmatch globs over full names; `l3m plan` lists the blocks, whose paths\n"
+             "start the names (`vit.trunk.blocks.layers.0.attn.qkv.weight`). Lint skips a glob that could match\n"
+             "inside a block whose parameters it cannot know (an extension's), and `init_include` under\n"
+             "`init_rename`. An optimizer's `no_decay` glob that matches nothing is only a note (N640).\n\n"
+             "    train { freeze = [\"vit.trunk.block.*\"] }   # error: the block is called 'blocks'"),
+    "N640": ("no-decay-pattern", "An optimizer's `no_decay` glob matches no parameter of the model, so weight decay\n"
+             "applies as if it were not there. Only a note: shared recipes list globs for other models too\n"
+             "(`*pos*` for a model whose positions are a frozen table, `*bias` for one without biases)."),
+    "E780": ("tie-no-weight", "A block's `tie` names a block that has no weight to share: tying shares the target's\n"
+             "`.weight` (a TokenEmbedding's table, a Linear's matrix), and blocks such as a Transformer or a\n"
+             "mask have none.\n\n"
+             "    head { lm: LMHead(dim = 64, vocab = 256, tie = \"blocks\") x -> logits }   # 'blocks' is a Transformer"),
+    "E781": ("tie-shape", "A block's `tie` shares a weight whose shape differs from the tying block's own:\n"
+             "an LMHead's weight is [vocab, dim] and must equal the TokenEmbedding's [vocab, dim], so both\n"
+             "need the same `vocab` and `dim`. Lint computes both shapes from the blocks' arguments.\n\n"
+             "    embed: TokenEmbedding(vocab = 256, dim = 64) ...\n"
+             "    lm:    LMHead(dim = 64, vocab = 512, tie = \"embed\") x -> logits   # [512, 64] vs [256, 64]"),
+    "E750": ("shape-mismatch", "A block, loss or metric reads a key whose shape cannot be what it declares: a dim\n"
+             "is another number, or the ranks differ. Lint propagates shapes from the data sources (and\n"
+             "`keys { }`) through every block's declared `shapes`; the message names the writer of the key with\n"
+             "its shape and what the reader expects, at the argument that fixes the expected dim when the file\n"
+             "wrote one (else at the key). A sequence longer than a block's table (`max_len`) is E754.\n\n"
+             "    proj: Linear(in_features = 32, out_features = 64) x -> x   # x is [B, N, 48]: error"),
+    "E751": ("dtype-mismatch", "A block reads a key of the wrong kind of number: integer ids where it computes on\n"
+             "floats (a Linear on token ids), or floats where it needs integer ids (an embedding on features)."),
+    "E752": ("key-declaration", "A `keys { }` declaration disagrees with what the data source (or first writer) of that\n"
+             "key gives: another dtype, another number of dims, or a dim that is another number. Symbols (B,\n"
+             "N) match anything, the same symbol the same thing.\n\n"
+             "    keys { tokens: long[B, 128] }\n"
+             "    data { train: TextBytes(seq_len = 256) -> tokens, targets }   # error: tokens is [B, 256]"),
+    "E753": ("value-range", "A key holds integer ids or labels that may be larger than what the block, loss or\n"
+             "metric reading it accepts: token ids of a tokenizer (or bytes < 256) into an embedding or\n"
+             "head with a smaller `vocab`, labels of a dataset's classes (DigitsImages: < 10) into a loss\n"
+             "whose logits have fewer classes (`num_classes`). Ids past an embedding index out of range at\n"
+             "run time (a device-side assert on a GPU). Make the table at least as large as the data's range.\n\n"
+             "    train: DigitsImages() -> image, label\n"
+             "    head:  Classifier(dim = 64, num_classes = 5) x -> logits     # error: labels go up to 9"),
+    "E754": ("check-failed", "A block's declared constraint on its arguments (and on the shapes it receives) does\n"
+             "not hold, e.g. `heads` not dividing `dim` in `Attention`, `kv_heads` not dividing `heads`, `top_k` above\n"
+             "the experts, a sequence longer than a position table (`N <= max_len`: often a forgotten cls\n"
+             "token, or `data.train.seq_len` beyond the model's context). Reported at the argument."),
+    "E755": ("shape-rule", "A block whose shapes a rule computes (`shapes = \"@name\"`, l3m/dsl/shapes/rules.py)\n"
+             "found arguments or inputs that cannot work together: the same kind of constraint as E754, for\n"
+             "blocks a one-line declaration cannot describe. E.g. a `Transformer` whose `heads` do not divide\n"
+             "`dim` (without `head_dim`), an odd head size with RoPE, `SelectTokens` outside the sequence, or\n"
+             "`Concat` of sequences whose widths differ. Reported at the argument."),
+    "E756": ("shape-declaration", "A registered class declares `shapes` or `checks` that cannot be read (a bug in the\n"
+             "class, usually an extension): the message quotes the grammar error. The grammar is in the\n"
+             "docstring of l3m/dsl/shapes/spec.py, e.g. `shapes = \"x: [B, N, dim] -> x: [B, N, out]\"`."),
     "E901": ("block-failed", "A block, loss, metric or other node raised an error while it was built (its\n"
              "constructor refused the file's arguments) or while it ran on a batch (a shape that does not\n"
              "fit, e.g. a `Linear` whose `in_features` differ from the width of the block before it). The\n"

@@ -7,7 +7,9 @@ against entries read here: each `@register(kind, name)` class or function (also 
 input ports (`forward` / `__call__`), output ports (the literal `outputs = (...)`).
 
 Bases are followed within the module, into modules of the extension's own package (read the same
-way), and into l3m / torch / the standard typing modules (imported: they are not project code).
+way), into l3m (its registered classes from the registry manifest, its other classes read from its
+source), `torch.nn.Module` (known: no arguments, no ports) and the standard typing modules (imported:
+they are not project code). Nothing of torch or l3m's model code is imported.
 What cannot be known without running code (outputs computed at import, a base from another
 package, `**kwargs`) does not fail: the entry records which check is skipped, and the resolver
 reports it as a warning (W104). The package's own `__init__` modules and module-level imports
@@ -32,7 +34,8 @@ from l3m.registry import _PORT_METHOD, KINDS, Entry, Port, ports_from_params
 MAX_MODULES = 256  # modules of one extension package read at most
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
 # Modules whose classes may be imported to learn what an extension's class inherits from them.
-TRUSTED = ("l3m", "torch", "typing", "abc", "collections", "builtins")
+TRUSTED = ("typing", "abc", "collections", "builtins")
+L3M_ROOT = Path(__file__).resolve().parents[2]  # the directory holding the `l3m` package
 _EMPTY = inspect.Parameter.empty
 
 
@@ -64,6 +67,8 @@ class StaticEntry:
     skipped: list[str] = field(default_factory=list)  # which checks are skipped, and why
     obj: Any = None  # nothing was imported
     extra: dict = field(default_factory=dict)
+    shapes: str | None = None  # the class's literal `shapes` declaration (l3m.dsl.shapes), if any
+    checks: tuple = ()  # its literal `checks`
 
     @property
     def outputs(self) -> tuple[Port, ...] | None:
@@ -147,9 +152,10 @@ class _Reader:
         if dotted in self.mods:
             return self.mods[dotted]
         self.mods[dotted] = None
-        if dotted.split(".")[0] != self.top or len(self.mods) > MAX_MODULES:
+        library = dotted.split(".")[0] == "l3m" != self.top  # l3m's own source, read for base classes
+        if (dotted.split(".")[0] != self.top and not library) or len(self.mods) > MAX_MODULES:
             return None
-        where = locate(dotted, [self.located.root]) if self.located else None
+        where = locate(dotted, [L3M_ROOT]) if library else locate(dotted, [self.located.root]) if self.located else None
         if where is None:
             return None
         try:
@@ -166,7 +172,8 @@ class _Reader:
                 self.ext.warnings.append(f"{why}; its registrations are not seen")
             return None
         m = _Module(dotted, where.path, where.is_package, tree)
-        self.ext.files.append(where.path)
+        if not library:
+            self.ext.files.append(where.path)
         for stmt in _top_level(tree):
             if isinstance(stmt, ast.ClassDef):
                 m.classes[stmt.name] = stmt
@@ -271,15 +278,22 @@ class _Reader:
             else:
                 inputs = ()
             outputs = self._outputs(self._find(ref, "outputs"), name, kind, skipped)
+            declared = {k: self._find(ref, k) for k in ("shapes", "checks")}
+            declared = {k: f[1] for k, f in declared.items() if f is not None and f[0] == "value"}
         else:
+            declared = {}
             sig, hints = self._signature(("ast", m, node), name, "the function", skipped, init=False)
             inputs = () if method is None else None
             if method is not None:
                 skipped.append(f"the input ports of '{name}' are not known statically (a registered function): "
                                "input-port checks skipped")
             outputs = ("out",) if kind in ("loss", "metric") else ()
+        shapes = declared.get("shapes")
+        checks = declared.get("checks")
         return StaticEntry(kind=kind, name=name, module=m.name, signature=sig, type_hints=hints, inputs=inputs,
-                           outputs_spec=outputs, doc=ast.get_docstring(node) or "", skipped=skipped, extra=extra)
+                           outputs_spec=outputs, doc=ast.get_docstring(node) or "", skipped=skipped, extra=extra,
+                           shapes=shapes if isinstance(shapes, str) else None,
+                           checks=tuple(tuple(c) for c in checks) if isinstance(checks, (tuple, list)) else ())
 
     def _signature(self, found: _Found, name: str, what: str, skipped: list[str],
                    init: bool) -> tuple[inspect.Signature, dict[str, Any]]:
@@ -291,6 +305,14 @@ class _Reader:
         if tag == "unknown":
             skipped.append(f"the constructor of '{name}' is not known statically ({found[1]}): argument checks skipped")
             return anything, {}
+        if tag == "manifest":
+            entry = found[1]
+            sig = entry.signature
+            if [(p.name, p.kind) for p in sig.parameters.values()] == _TRIVIAL_PARAMS:
+                return inspect.Signature([]), {}  # torch.nn.Module's own (*args, **kwargs)
+            if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+                skipped.append(f"{what} of '{name}' takes **kwargs: argument names are not checked")
+            return sig, dict(entry.type_hints)
         if tag == "real":
             obj = found[1]
             if getattr(obj, "__init__", None) in [t.__init__ for t in _trivial_inits()]:
@@ -321,6 +343,8 @@ class _Reader:
         if found[0] == "unknown":
             skipped.append(f"the input ports of '{name}' are not known statically ({found[1]}): input-port checks skipped")
             return None
+        if found[0] == "ports":  # a built-in base's ports, from the registry manifest
+            return found[1]
         if found[0] == "real":
             try:
                 params = list(inspect.signature(found[1]).parameters.values())
@@ -359,9 +383,16 @@ class _Reader:
             return ("unknown", "the class hierarchy is too deep")
         if ref[0] == "real":
             return _find_real(ref[1], member)
+        if ref[0] == "manifest":
+            return _find_manifest(ref[1], member)
         _, m, cls = ref
         for stmt in cls.body:
-            if member == "outputs":
+            if member in ("shapes", "checks"):  # shape declarations: literals only, else unknown (not checked)
+                value = _assigned(stmt, member)
+                if value is not None:
+                    lit = _literal(value)
+                    return ("value", lit) if isinstance(lit, (str, tuple, list)) else ("unknown", "computed")
+            elif member == "outputs":
                 value = _assigned(stmt, "outputs")
                 if value is not None:
                     lit = _literal(value)
@@ -400,9 +431,13 @@ class _Reader:
             return None
         if full in _NN_MODULE:  # the usual base, known without importing torch
             return ("real", _ModuleStandIn)
-        if full[0] == "torch" and "torch" not in sys.modules:
-            return None  # reading an extension does not import torch for it
-        if full[0] in TRUSTED:
+        if full[0] == "torch":
+            return None  # reading an extension does not import torch for it: another torch base is unknown
+        if full[0] == "l3m":
+            entry = _manifest_class(full)
+            if entry is not None:  # a registered built-in: what the registry manifest records
+                return ("manifest", entry)
+        elif full[0] in TRUSTED:
             obj = _import_attr(full)
             return ("real", obj) if inspect.isclass(obj) else None
         for i in range(len(full) - 1, 0, -1):
@@ -492,6 +527,8 @@ def _import_attr(full: tuple[str, ...]) -> Any:
 
 
 def _find_real(obj: Any, member: str) -> _Found:
+    if member in ("shapes", "checks"):
+        return ("value", getattr(obj, member)) if hasattr(obj, member) else None
     if member == "outputs":
         return ("value", tuple(obj.outputs or ())) if hasattr(obj, "outputs") else None
     if member == "__init__":
@@ -501,6 +538,34 @@ def _find_real(obj: Any, member: str) -> _Found:
 
 
 _NN_MODULE = {("torch", "nn", "Module"), ("torch", "nn", "modules", "module", "Module")}
+_TRIVIAL_PARAMS = [("args", inspect.Parameter.VAR_POSITIONAL), ("kwargs", inspect.Parameter.VAR_KEYWORD)]
+
+
+def _manifest_class(full: tuple[str, ...]) -> Any:
+    """The registry-manifest entry of the built-in class `full` names where it is defined
+    (`l3m.model.blocks.layers.Linear`); None for another l3m name (read from l3m's source then)."""
+    from l3m.registry_static import manifest_entries
+
+    module, _, qualname = ".".join(full).rpartition(".")
+    return next((e for e in manifest_entries() if e.module == module and e.qualname == qualname), None)
+
+
+def _find_manifest(entry: Any, member: str) -> _Found:
+    """`member` of a built-in registered class, as the registry manifest records it."""
+    if member == "outputs":
+        return ("value", entry.outputs_attr) if entry.outputs_attr is not None else None
+    if member == "shapes":
+        return ("value", entry.shapes) if entry.shapes is not None else None
+    if member == "checks":
+        return ("value", entry.checks) if entry.checks else None
+    if member == "__init__":
+        return ("manifest", entry)
+    if member in ("shapes", "checks"):
+        value = getattr(entry, member, None)
+        return ("value", value) if value else None
+    if _PORT_METHOD.get(entry.kind) == member:
+        return ("ports", entry.inputs)
+    return ("unknown", f"'{member}' of l3m's {entry.name} is not in the registry manifest")
 
 
 class _ModuleStandIn:

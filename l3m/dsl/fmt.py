@@ -4,7 +4,8 @@ Why a token printer and not an AST printer: the AST drops comments, and where a 
 call is a choice worth keeping. So the formatter keeps the file's tokens and its line structure, and
 decides only the white space: indentation (2 per block, continuation lines under the bracket or value
 they continue), spacing between tokens, at most one blank line in a row, and gofmt-style columns in
-runs of similar statements (`let` names, node names, bindings, settings keywords, trailing comments).
+runs of similar statements (`let` names, node names, bindings, a loss's `weight`, settings keywords,
+trailing comments; the nodes of a row of one-line stage blocks are one run).
 It depends only on tokens and line breaks, never on the input's spacing, so it is idempotent; the
 output is re-lexed and must give the same tokens, so it cannot change meaning.
 """
@@ -164,7 +165,7 @@ def _structure(lines: list[list[_Tok]]) -> tuple[dict[int, _Stmt], dict[tuple[in
             kind, value_idx = _classify(toks, top_level=not stack)
             stmts[li] = _Stmt(li, kind, parent, value_idx, depth=len(stack))
             owner = li
-            call_state = "wait_call" if kind in ("node", "lossmetric") else "none"
+            call_state = "wait_call" if kind in ("node", "lossmetric", "modelinst") else "none"
             call_depth = 0
         if pending is not None and toks[0].kind != "comment":
             if li not in stmts:
@@ -187,8 +188,9 @@ def _structure(lines: list[list[_Tok]]) -> tuple[dict[int, _Stmt], dict[tuple[in
                             pending = owner  # the bindings start the next line
                     else:
                         call_depth -= 1
-            elif call_state == "after_call" and tok.text == "weight" and ti > 0:
-                binding_marks[(li, ti)] = None
+            elif (call_state == "after_call" and tok.text == "weight" and ti > 0
+                  and toks[ti - 1].text not in ("->", ",", "(", "=", "!")):  # not a key named `weight`
+                binding_marks[(li, ti)] = ("weight", owner)  # `weight` columns align in a run of losses
             if tok.text in _OPENERS:
                 nxt = toks[ti + 1] if ti + 1 < len(toks) else None
                 inline = nxt is not None and nxt.kind != "comment"
@@ -335,22 +337,35 @@ def _col(row: list[list], ti: int) -> int:
 
 
 def _align_bindings(rendered: list[list[list]], marks: dict[tuple[int, int], object], stmts: dict[int, _Stmt]) -> None:
-    """Bindings of the nodes of one run start in one column, unless that column would pass the limit."""
-    by_run: dict[object, list[tuple[int, int]]] = {}
+    """Bindings of a run of nodes start in one column, and so do the `weight`s of a run of losses.
+
+    The column is the furthest start of a binding written after its call that every such binding left of
+    it can reach within the line limit (one that starts further right keeps its place); bindings on a line
+    of their own move to it when they fit."""
+    groups: tuple[dict[object, list[tuple[int, int]]], ...] = ({}, {})  # bindings first: weights come after
     for (li, ti), owner in marks.items():
-        if owner is None:
-            continue
-        by_run.setdefault(stmts[owner].run if isinstance(owner, int) else owner, []).append((li, ti))
-    for members in by_run.values():
-        natural = {m: _col(rendered[m[0]], m[1]) for m in members}
-        fitting = [natural[m] for m in members
-                   if natural[m] + _line_len(rendered[m[0]][m[1]:]) - rendered[m[0]][m[1]][0] <= _MAX_ALIGN]
-        if not fitting:
-            continue
-        target = max(fitting)
-        for li, ti in members:
-            if natural[(li, ti)] < target:
-                rendered[li][ti][0] += target - natural[(li, ti)]
+        weight = isinstance(owner, tuple) and owner[0] == "weight"
+        if weight:
+            owner = owner[1]
+        groups[weight].setdefault(_run_of(owner, stmts), []).append((li, ti))
+    for by_run in groups:
+        for members in by_run.values():
+            natural = {m: _col(rendered[m[0]], m[1]) for m in members}
+            room = {m: _MAX_ALIGN - _line_len(rendered[m[0]]) + natural[m] for m in members}  # furthest start
+            inline = [m for m in members if m[1] > 0]
+            target = max((natural[t] for t in inline if all(room[m] >= natural[t] for m in inline
+                                                              if natural[m] < natural[t])), default=0)
+            for m in members:
+                if natural[m] < target <= room[m]:
+                    rendered[m[0]][m[1]][0] += target - natural[m]
+
+
+def _run_of(owner: object, stmts: dict[int, _Stmt]) -> object:
+    """What a node's bindings align with: its run of statements; for a node in a one-line stage block
+    (`head { name: Call()  a -> b }`), the nodes of the run of such stage lines."""
+    if isinstance(owner, tuple) and owner[0] == "solo" and owner[1] in stmts:
+        return ("stages", stmts[owner[1]].run)
+    return stmts[owner].run if isinstance(owner, int) else owner
 
 
 def _align_comments(rendered: list[list[list]]) -> None:

@@ -41,8 +41,9 @@ class Call:
 
     def kwargs_for(self, signature) -> dict[str, Any]:
         """Positional arguments folded into keywords by the constructor's signature."""
-        names = [p.name for p in signature.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        out = dict(zip(names, self.args))
+        from l3m.dsl.sigparams import positional_names
+
+        out = dict(zip(positional_names(signature), self.args))
         out.update(self.kwargs)
         return out
 
@@ -133,6 +134,8 @@ class Program:
     extensions: list[tuple[str, Span]] = field(default_factory=list)
     imports: list[str] = field(default_factory=list)  # resolved paths of every imported file
     overrides: list[str] = field(default_factory=list)
+    # Extension entries read from source, not imported (lint, graph): name -> ext_static.StaticEntry.
+    static_entries: dict[str, Any] = field(default_factory=dict)
 
     def of_role(self, role: str) -> list[Node]:
         return [n for n in self.nodes if n.role == role]

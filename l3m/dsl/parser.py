@@ -1,9 +1,16 @@
-"""Parse: text -> `ast.Module`, or one syntax diagnostic saying what was expected, in words."""
+"""Parse: text -> `ast.Module`, or the syntax diagnostics (each saying what was expected, in words).
+
+The Lark parser is built once and shared; nothing of it changes per call. The file name that spans
+carry is per-call state in a context variable, so parses in several threads (or a parse started from
+another's callback) never see each other's file.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
+import re
 from importlib import resources
 
 import lark
@@ -13,6 +20,7 @@ from l3m.dsl import ast
 from l3m.dsl.diagnostics import Diagnostic, did_you_mean
 from l3m.dsl.ir import Span
 from l3m.dsl.limits import INT_TOO_LARGE, MAX_DEPTH, MAX_INT_BITS, MAX_INT_DIGITS
+from l3m.dsl.parser_cache import cached_lark
 
 try:  # Cython-compiled LALR tables and lexer: the same parser, about twice as fast
     import lark_cython
@@ -25,9 +33,16 @@ LANGUAGE_VERSION = 1
 
 
 class ParseFailure(Exception):
-    def __init__(self, diagnostic: Diagnostic):
+    """`diagnostic` is the first error; `diagnostics` all of them (several independent syntax errors)."""
+
+    def __init__(self, diagnostic: Diagnostic, more: list[Diagnostic] | tuple = ()):
         super().__init__(diagnostic.message)
         self.diagnostic = diagnostic
+        self.diagnostics = [diagnostic, *more]
+
+
+# The file being parsed, for the spans the parse callbacks make: per call (and per thread), never global.
+_FILE: contextvars.ContextVar[str] = contextvars.ContextVar("l3m_parse_file", default="<string>")
 
 
 @functools.cache
@@ -37,8 +52,8 @@ def _parser() -> lark.Lark:
     options = dict(start=["program", "expr"], parser="lalr", lexer="basic", maybe_placeholders=True,
                    transformer=_TRANSFORMER)
     if ACCELERATED:
-        return lark.Lark(grammar, _plugins=lark_cython.plugins, **options)
-    return lark.Lark(grammar, **options)
+        options["_plugins"] = lark_cython.plugins
+    return cached_lark(grammar, **options)  # the LALR tables from the user's cache when built before
 
 
 # Words for the grammar's terminals, so messages never show internal names.
@@ -80,8 +95,27 @@ def _expected_words(expected: set[str]) -> str:
     return "one of " + ", ".join(words)
 
 
+# What `_check_depth` reads: a string (escapes as there; unterminated: to the end), a comment, a bracket.
+_DEPTH_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|#[^\n]*|[()\[\]{}]', re.DOTALL)
+
+
+def _max_depth(text: str) -> int:
+    """The deepest bracket nesting outside strings and comments, as `_check_depth` counts it, fast."""
+    depth = deepest = 0
+    for m in _DEPTH_TOKENS.finditer(text):
+        ch = m.group()
+        if ch in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in ")]}":
+            depth = max(0, depth - 1)
+    return deepest
+
+
 def _check_depth(text: str, file: str) -> None:
     """Reject absurd nesting before the parser and the tree walkers recurse into it."""
+    if _max_depth(text) <= MAX_DEPTH:  # the usual case; the walk below finds where it goes too deep
+        return
     depth = 0
     in_str = in_comment = False
     line, col = 1, 0
@@ -112,25 +146,48 @@ def _check_depth(text: str, file: str) -> None:
 
 def parse(text: str, file: str = "<string>") -> ast.Module:
     _check_depth(text, file)
+    reset = _FILE.set(file)
     try:
-        _TRANSFORMER.file = file
         return _parser().parse(text, start="program")
     except lark.exceptions.UnexpectedInput as e:
-        raise ParseFailure(_syntax_diagnostic(e, file)) from None
+        first = _syntax_diagnostic(e, file)
+        raise ParseFailure(first, _other_errors(text, file, first)) from None
     except RecursionError:
         raise ParseFailure(Diagnostic("E004", "the file nests too deeply to compile", Span(file, 1, 1, 1, 2))) from None
+    finally:
+        _FILE.reset(reset)
+
+
+def _other_errors(text: str, file: str, first: Diagnostic) -> list[Diagnostic]:
+    """The syntax errors after the first one that are not its follow-ons (`l3m.dsl.recover`)."""
+    from l3m.dsl import recover
+
+    try:
+        found, more = recover.collect(_parser(), text)
+    except Exception:  # noqa: BLE001 - best effort: the first error alone is still right
+        return []
+    diags = [_syntax_diagnostic(e, file) for e in found]
+    pos = (first.span.line, first.span.col) if first.span else (0, 0)
+    rest = [d for d in diags if d.span and (d.span.line, d.span.col) > pos]
+    if more or len(rest) + 1 > recover.MAX_ERRORS:
+        rest = rest[:recover.MAX_ERRORS - 1]
+        last = rest[-1] if rest else first
+        last.notes.append((f"stopped after {recover.MAX_ERRORS} syntax errors; fix these and run again", None))
+    return rest
 
 
 def parse_expr(text: str, file: str = "<override>") -> ast.Expr:
     """An expression on its own (command-line override values)."""
     _check_depth(text, file)
+    reset = _FILE.set(file)
     try:
-        _TRANSFORMER.file = file
         return _parser().parse(text, start="expr")
     except lark.exceptions.UnexpectedInput as e:
         raise ParseFailure(_syntax_diagnostic(e, file)) from None
     except RecursionError:
         raise ParseFailure(Diagnostic("E004", "the value nests too deeply", None)) from None
+    finally:
+        _FILE.reset(reset)
 
 
 def _syntax_diagnostic(e: lark.exceptions.UnexpectedInput, file: str) -> Diagnostic:
@@ -189,14 +246,16 @@ def _unescape(raw: str) -> str:
 
 
 class _ToAst(Transformer):
-    """Lark tree -> ast dataclasses. Every rule below is one grammar rule."""
+    """Lark tree -> ast dataclasses. Every rule below is one grammar rule.
 
-    def __init__(self, file: str):
-        super().__init__()
-        self.file = file
+    One instance serves every parse; it holds no per-call state (the file name is `_FILE`'s)."""
+
+    @property
+    def file(self) -> str:
+        return _FILE.get()
 
     def _tok(self, tok: Token) -> Span:
-        return _span_tok(self.file, tok)
+        return _span_tok(_FILE.get(), tok)
 
     @staticmethod
     def _join(a: Span, b: Span) -> Span:
@@ -275,7 +334,7 @@ class _ToAst(Transformer):
 
     def _span_parts(self, parts) -> Span:
         first, last = parts[0], parts[-1]
-        return Span(self.file, first.line, first.column, last.end_line, last.end_column)
+        return Span(_FILE.get(), first.line, first.column, last.end_line, last.end_column)
 
     @v_args(inline=True)
     def pos_arg(self, value):
@@ -458,4 +517,4 @@ class _ToAst(Transformer):
         return mod
 
 
-_TRANSFORMER = _ToAst("<string>")
+_TRANSFORMER = _ToAst()

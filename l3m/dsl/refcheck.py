@@ -56,24 +56,22 @@ def _criterion_reads(program: Program, flow: Dataflow) -> list[Diagnostic]:
 
 
 def _ties(program: Program) -> list[Diagnostic]:
-    from l3m.model.build import module_path, root_prefix, tie_matches
+    from l3m.model.naming import tie_matches
 
     blocks = sorted(program.blocks, key=lambda n: n.index)
     tying = [(n, n.call.kwargs.get("tie")) for n in blocks if n.valid]
     tying = [(n, t) for n, t in tying if isinstance(t, str) and t]
     if not tying:
         return []
-    root = root_prefix(program)
-    paths = {n.path: module_path(n, root) for n in blocks}
     diags = []
     for node, tie in tying:
         span = node.call.kwarg_spans.get("tie", node.span)
-        matches = tie_matches(tie, blocks, paths)
+        matches = tie_matches(tie, blocks)
         if len(matches) == 1 and matches[0] is not node:
             continue
         if not matches:
             msg = f"block '{node.name}' ties to '{tie}', which names no block"
-            help_ = did_you_mean(tie, [n.name for n in blocks] + [paths[n.path] for n in blocks])
+            help_ = did_you_mean(tie, [n.name for n in blocks] + [n.path for n in blocks])
         elif len(matches) > 1:
             msg = f"block '{node.name}' ties to '{tie}', which names {len(matches)} blocks"
             help_ = "name one by its path: " + ", ".join(f"'{m.path}'" for m in matches)

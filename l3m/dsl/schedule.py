@@ -1,4 +1,4 @@
-"""Schedule: the program's dataflow as a networkx DiGraph over nodes and *versioned* keys.
+"""Schedule: the program's dataflow as a graph over nodes and *versioned* keys.
 
 A write creates a new version of its key; a read sees the latest version written by a node
 declared before it (or, failing that, the first one written after it, which the checker then
@@ -9,13 +9,17 @@ of a sound program is always a DAG. Declaration order breaks ties, so the order 
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections import defaultdict
 from dataclasses import dataclass, field
-
-import networkx as nx
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from l3m.dsl.diagnostics import Diagnostic, did_you_mean
 from l3m.dsl.ir import STAGES, Binding, Node, Program
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 _PHASE = {"source": 0, "generator": 0, "block": 1, "loss": 2, "metric": 2}
 
@@ -28,17 +32,53 @@ class Write:
     readers: list[Node] = field(default_factory=list)
 
 
+class _GraphLog:
+    """The dataflow graph's nodes and edges in insertion order: a networkx graph is built from it only
+    when asked for (`Dataflow.graph`), so checking a file does not import networkx."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Any, ...]] = []
+
+    def add_node(self, n: Any, **attrs: Any) -> None:
+        self.items.append((n, attrs))
+
+    def add_edge(self, u: Any, v: Any, **attrs: Any) -> None:
+        self.items.append((u, v, attrs))
+
+    def build(self) -> nx.DiGraph:
+        import networkx as nx
+
+        g = nx.DiGraph()
+        for item in self.items:
+            if len(item) == 2:
+                g.add_node(item[0], **item[1])
+            else:
+                g.add_edge(item[0], item[1], **item[2])
+        return g
+
+
 @dataclass
 class Dataflow:
-    graph: nx.DiGraph  # nodes: node paths and ("key", name, version); edges carry `key`
     order: list[str]  # node paths in a valid execution order (sources first)
     diagnostics: list[Diagnostic]
     reads: dict[tuple[str, int], Write]  # (node path, binding index) -> the write it sees
     writes: dict[str, list[Write]]  # key -> its versions in declaration order
+    nodes: dict[str, Node] = field(default_factory=dict)  # node path -> node
+    log: _GraphLog = field(default_factory=_GraphLog, repr=False)
+
+    @cached_property
+    def graph(self) -> nx.DiGraph:
+        """The networkx DiGraph: nodes are node paths (attribute `node`) and ("key", name, version);
+        edges carry `key`. Built (and networkx imported) on first use."""
+        return self.log.build()
+
+    def node(self, path: str) -> Node:
+        """The program node at `path` (what `graph.nodes[path]["node"]` holds, without networkx)."""
+        return self.nodes[path]
 
     def model_order(self) -> list[str]:
         """Block paths in execution order: what the MetaModel's forward runs."""
-        return [p for p in self.order if self.graph.nodes[p]["node"].role == "block"]
+        return [p for p in self.order if self.nodes[p].role == "block"]
 
 
 def key_node(key: str, version: int) -> tuple[str, str, int]:
@@ -47,7 +87,7 @@ def key_node(key: str, version: int) -> tuple[str, str, int]:
 
 def dataflow(program: Program) -> Dataflow:
     diags: list[Diagnostic] = []
-    g = nx.DiGraph()
+    g = _GraphLog()
     nodes = sorted(program.nodes, key=lambda n: n.index)
     writes: dict[str, list[Write]] = defaultdict(list)
     by_path = {n.path: n for n in nodes}
@@ -100,16 +140,13 @@ def dataflow(program: Program) -> Dataflow:
             _check_direction(w.node, n, b, diags)
 
     # Cycles: reads of keys written only later can close a loop.
-    node_graph = nx.DiGraph()
-    node_graph.add_nodes_from(n.path for n in nodes)
+    succ: dict[str, dict[str, None]] = {n.path: {} for n in nodes}
     for (reader, _), w in reads.items():
-        node_graph.add_edge(w.node.path, reader)
-    order: list[str] = []
-    if nx.is_directed_acyclic_graph(node_graph):
-        index = {n.path: n.index for n in nodes}
-        order = list(nx.lexicographical_topological_sort(node_graph, key=index.__getitem__))
-    else:
-        cycle = nx.find_cycle(node_graph)
+        succ[w.node.path][reader] = None
+    order = _topological(succ, {n.path: n.index for n in nodes})
+    if order is None:
+        order = []
+        cycle = _find_cycle(succ)
         names = [by_path[a].name for a, _ in cycle] + [by_path[cycle[0][0]].name]
         first = by_path[cycle[0][0]]
         diags.append(Diagnostic("E103", "the dataflow has a cycle: " + " -> ".join(names), first.span,
@@ -124,7 +161,38 @@ def dataflow(program: Program) -> Dataflow:
     for k in program.keys.values():
         if k.name not in writes:
             diags.append(Diagnostic("W102", f"key '{k.name}' is declared but never written", k.span))
-    return Dataflow(g, order, diags, reads, dict(writes))
+    return Dataflow(order, diags, reads, dict(writes), by_path, g)
+
+
+def _topological(succ: dict[str, dict[str, None]], index: dict[str, int]) -> list[str] | None:
+    """The node order in which every node follows those it reads from, ties broken by declaration
+    order (the smallest ready index first); None when there is a cycle."""
+    indegree = dict.fromkeys(succ, 0)
+    for targets in succ.values():
+        for t in targets:
+            indegree[t] += 1
+    position = {p: i for i, p in enumerate(succ)}  # then insertion order, as networkx breaks ties
+    ready = [(index[p], position[p], p) for p, d in indegree.items() if d == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        p = heapq.heappop(ready)[2]
+        order.append(p)
+        for t in succ[p]:
+            indegree[t] -= 1
+            if indegree[t] == 0:
+                heapq.heappush(ready, (index[t], position[t], t))
+    return order if len(order) == len(succ) else None
+
+
+def _find_cycle(succ: dict[str, dict[str, None]]) -> list[tuple[str, str]]:
+    """One cycle's edges (only on the error path, so networkx's own search, imported here)."""
+    import networkx as nx
+
+    g = nx.DiGraph()
+    g.add_nodes_from(succ)
+    g.add_edges_from((u, v) for u, targets in succ.items() for v in targets)
+    return nx.find_cycle(g)
 
 
 def _what(n: Node) -> str:

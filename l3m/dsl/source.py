@@ -9,8 +9,11 @@ a bounded read. Refusals never quote the file's contents.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import stat
+from collections.abc import Iterator, Mapping
 
 from l3m.dsl.limits import MAX_FILE_BYTES, SOURCE_SUFFIX
 
@@ -46,6 +49,32 @@ def _check_stat(path: str, st: os.stat_result) -> None:
         raise SourceRefused(path, "size", f"is {st.st_size} bytes; .l3m files are limited to {_MIB} MiB")
 
 
+# Texts that stand in for files (by real path): an editor's unsaved buffers, compiled by `l3m lsp`
+# without writing them anywhere. A context variable, so each thread or task sees only its own.
+_OVERLAY: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("l3m_source_overlay",
+                                                                                   default=None)
+
+
+@contextlib.contextmanager
+def source_overlay(texts: Mapping[str, str]) -> Iterator[None]:
+    """Within the block, `read_source` answers these texts (keyed by path) instead of reading the files;
+    the suffix, size and text rules still apply to them."""
+    token = _OVERLAY.set({os.path.realpath(p): t for p, t in texts.items()})
+    try:
+        yield
+    finally:
+        _OVERLAY.reset(token)
+
+
+def _overlaid(path: str, text: str) -> str:
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) > MAX_FILE_BYTES:
+        raise SourceRefused(path, "size", f"is {len(data)} bytes; .l3m files are limited to {_MIB} MiB")
+    if "\0" in text:
+        raise SourceRefused(path, "text", "is not a text file (it contains NUL bytes)")
+    return text
+
+
 def read_source(path: str) -> str:
     """The text of a `.l3m` file. Raises SourceRefused, or OSError when the file cannot be opened."""
     if not path.endswith(SOURCE_SUFFIX):
@@ -53,6 +82,9 @@ def read_source(path: str) -> str:
     real = os.path.realpath(path)
     if not real.endswith(SOURCE_SUFFIX):
         raise SourceRefused(path, "suffix", f"links to '{real}', which is not a {SOURCE_SUFFIX} file")
+    overlay = _OVERLAY.get()
+    if overlay and real in overlay:
+        return _overlaid(path, overlay[real])
     _check_stat(path, os.stat(path))  # before opening: opening a FIFO for reading would block
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:

@@ -17,7 +17,6 @@ torch work) and holds the file's numbers against it:
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,7 @@ from l3m import registry
 from l3m.data.tokenizers import Tokenizer, TokenizerError, load_tokenizer
 from l3m.dsl.diagnostics import Diagnostic
 from l3m.dsl.ir import Node, Program, Span
+from l3m.dsl.sigparams import defaults, named_names
 
 _ID_ARGS = ("eos_id", "pad_id", "bos_id")
 
@@ -39,6 +39,10 @@ class _Use:
     policy: str
     span: Span | None  # the `tokenizer` argument (or the call when it is defaulted)
     pad_id: int | None  # captions: the id they are padded with
+
+
+# The arguments `check_tokenizers` compares with the vocabulary (others are skipped at once).
+_CHECKED_ARGS = frozenset(("vocab", "ignore_index", *_ID_ARGS))
 
 
 def check_tokenizers(program: Program) -> list[Diagnostic]:
@@ -56,7 +60,7 @@ def check_tokenizers(program: Program) -> list[Diagnostic]:
             continue
         args = _args(node)
         for name, (value, span) in args.items():
-            if not isinstance(value, int) or isinstance(value, bool):
+            if name not in _CHECKED_ARGS or not isinstance(value, int) or isinstance(value, bool):
                 continue
             where = _where(program, node, span)
             if name == "vocab" and value < largest.tok.vocab_size:
@@ -94,7 +98,7 @@ def _check_id(program: Program, node: Node, name: str, value: int, span: Span | 
 
 def _open(node: Node, diags: list[Diagnostic]) -> list[_Use]:
     entry = registry.lookup(node.call.type_name)
-    policy = getattr(entry.obj, "token_policy", None) if entry is not None else None
+    policy = entry.trait("token_policy") if entry is not None else None
     if policy == "manifest":
         return _open_manifest(node, entry, diags)
     if policy not in ("stream", "caption"):
@@ -139,7 +143,7 @@ def _open_manifest(node: Node, entry: registry.Entry, diags: list[Diagnostic]) -
         return []
     span = span or node.call.type_span
     try:
-        tok = entry.obj.manifest_tokenizer(root)
+        tok = entry.hook("manifest_tokenizer")(root)
     except FileNotFoundError as e:
         diags.append(Diagnostic("W821", f"'{node.path}': cannot check the token shards: {e}", span))
         return []
@@ -156,15 +160,14 @@ def _args(node: Node, entry: registry.Entry | None = None) -> dict[str, tuple[An
     if entry is None:
         return {}
     try:
-        params = [p for p in entry.signature.parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        sig = entry.signature
+        names = named_names(sig)
     except (TypeError, ValueError):
         return {}
-    out: dict[str, tuple[Any, Span | None]] = {
-        p.name: (p.default, None) for p in params if p.default is not inspect.Parameter.empty}
+    out: dict[str, tuple[Any, Span | None]] = {k: (v, None) for k, v in defaults(sig).items()}
     call = node.call
-    for p, value, span in zip(params, call.args, call.arg_spans):
-        out[p.name] = (value, span)
+    for name, value, span in zip(names, call.args, call.arg_spans):
+        out[name] = (value, span)
     for name, value in call.kwargs.items():
         out[name] = (value, call.kwarg_spans.get(name))
     return out
@@ -184,3 +187,13 @@ def _notes(program: Program, node: Node, span: Span | None, use: _Use) -> list[t
     if model is not None and span is not None and span.file != model.span.file:
         notes.append((f"the value comes from the instance '{model.path}'", model.span))
     return notes
+
+
+def source_vocab(node: Node, entry: registry.Entry | None = None) -> int | None:
+    """The vocabulary size of the tokenizer a data source encodes with (for the shape checker's
+    `tokenizer_vocab`); None when the source has none or it cannot be opened (E811 says why)."""
+    try:
+        uses = _open(node, [])
+    except Exception:  # a tokenizer file the checker cannot read is E811's business, not the shapes'
+        return None
+    return uses[0].tok.vocab_size if uses else None

@@ -138,10 +138,9 @@ def _shapes(frames: list[tuple[FrameType, int]], start: int, module: object) -> 
 
 
 def _model_nodes(program: Program) -> dict[str, Node]:
-    from l3m.model.build import module_path, root_prefix
+    from l3m.model.build import module_path
 
-    root = root_prefix(program)
-    return {module_path(n, root): n for n in program.blocks}
+    return {module_path(n): n for n in program.blocks}
 
 
 def _criterion_nodes(program: Program) -> dict[str, Node]:

@@ -18,11 +18,13 @@ from l3m.dsl.diagnostics import Diagnostic
 from l3m.dsl.ir import Call, Node, Program
 from l3m.model.blame import GLOB_CODE, BlockFailure, ProgramError, setting_span
 from l3m.model.core import MetaModel, ReadWriteBlock, bind_outputs, bind_ports
-from l3m.registry import Entry, lookup
+from l3m.model.naming import tie_matches
+from l3m.registry import Entry, load_builtins, lookup
 
 
 def entry_for(call: Call, kinds: Sequence[str], where: str) -> Entry:
-    """The registry entry a call names, which must be of one of `kinds`."""
+    """The registry entry a call names, which must be of one of `kinds` (the live class: building needs it)."""
+    load_builtins()
     entry = lookup(call.type_name)
     if entry is None:
         raise ValueError(f"{where}: unknown name {call.type_name!r}")
@@ -47,25 +49,11 @@ def bind_node(node: Node, module: nn.Module, entry: Entry) -> ReadWriteBlock:
     return ReadWriteBlock(module, args, kwargs, writes)
 
 
-def root_prefix(program: Program) -> str | None:
-    """The model path left out of parameter names: the root model, when there is only one."""
-    roots = {m.path for m in program.models if m.parent is None}
-    if not program.models:
-        roots = {n.model.split(".")[0] for n in program.blocks if n.model}
-    return next(iter(roots)) if len(roots) == 1 else None
-
-
-def module_path(node: Node, root: str | None) -> str:
-    """`<submodel>.<stage>.<block>` for a block node, relative to the root model: where the
-    block module sits in the MetaModel, and so the prefix of its parameter names."""
-    model = node.model
-    if root is not None and (model == root or model.startswith(root + ".")):
-        model = model[len(root) + 1 :]
-    parts = [p for p in model.split(".") if p]
-    if node.stage:
-        parts.append(node.stage)
-    parts.append(node.name)
-    return ".".join(parts)
+def module_path(node: Node) -> str:
+    """Where a block node's module sits in the MetaModel: its path as `plan` prints it,
+    `<model>.<stage>.<block>` (`vit.trunk.blocks`), so the prefix of its parameter names
+    (the rule is `l3m.model.naming`)."""
+    return node.path
 
 
 def _ordered_blocks(program: Program, schedule: Sequence[str] | None) -> tuple[list[Node], list[Node]]:
@@ -78,11 +66,6 @@ def _ordered_blocks(program: Program, schedule: Sequence[str] | None) -> tuple[l
     if unknown:
         raise ValueError(f"schedule names unknown nodes: {', '.join(unknown)}")
     return declared, [by_path[p] for p in schedule if by_path[p].role == "block"]
-
-
-def tie_matches(tie: str, nodes: Sequence[Node], paths: dict[str, str]) -> list[Node]:
-    """The blocks a `tie` argument names: by node path or module path, else by (unique) name."""
-    return [n for n in nodes if tie in (n.path, paths[n.path])] or [n for n in nodes if n.name == tie]
 
 
 def _weight_name(block: nn.Module, where: str, embedding_ok: bool) -> str:
@@ -111,7 +94,7 @@ def _apply_ties(model: MetaModel, nodes: list[Node], kwargs: dict[str, dict], pa
         if not isinstance(tie, str) or not tie:
             continue
         where = f"{node.span}: {node.path}"
-        matches = tie_matches(tie, nodes, paths)
+        matches = tie_matches(tie, nodes)
         if len(matches) != 1:
             raise BlockFailure(node, ValueError(f"tie={tie!r} names {'no block' if not matches else 'several blocks'}"),
                                building=True)
@@ -160,8 +143,7 @@ def build_model(
     default is declaration order. `train.freeze` globs are applied here.
     """
     declared, ordered = _ordered_blocks(program, schedule)
-    root = root_prefix(program)
-    paths = {n.path: module_path(n, root) for n in declared}
+    paths = {n.path: module_path(n) for n in declared}
     kwargs: dict[str, dict] = {}
     bound: list[tuple[str, ReadWriteBlock]] = []
     with torch.device(device):

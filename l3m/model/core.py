@@ -138,7 +138,7 @@ class ReadWriteBlock:
     The seed's contract, `rw(d)`: the block runs on its keys and a new dict comes back with its
     outputs written. A ReadWriteBlock is not an `nn.Module` and is never part of a model's
     module tree: it only pairs a block with its `Binding`, so parameter names follow the file
-    (`trunk.blocks.layers.3.attn.qkv.weight`, no wrapper segment). The block returns one tensor
+    (`vit.trunk.blocks.layers.3.attn.qkv.weight`, no wrapper segment). The block returns one tensor
     for one output port, otherwise a tuple in `outputs` order.
     """
 
@@ -218,10 +218,11 @@ def _local(key: str, step: int) -> str:
 class MetaModel(nn.Module):
     """The model of one `.l3m` file: blocks under their stages, run in schedule order.
 
-    Parameter names follow the file, relative to the root model (whose own name is not
-    repeated): block `blocks` in stage `trunk` of the root model is the module `trunk.blocks`
-    and owns `trunk.blocks.<...>` (`trunk.blocks.layers.3.attn.qkv.weight`); in a nested model
-    `image` it is `image.trunk.blocks.<...>`. The stages hold the user's block modules
+    Parameter names follow the file: a block sits at the path `plan` prints for it (one name per
+    thing, `l3m.model.naming`), so block `blocks` in stage `trunk` of model `vit` is the module
+    `vit.trunk.blocks` and owns `vit.trunk.blocks.<...>` (`vit.trunk.blocks.layers.3.attn.qkv.weight`);
+    in a nested model `image` of `clip` it is `clip.image.trunk.blocks.<...>`. The models and stages
+    are `Stage` containers; they hold the user's block modules
     themselves; each block's `Binding` (its keys) is kept beside the module tree, not in it.
 
     `blocks` gives `(path, ReadWriteBlock)` in declaration order (which fixes parameter order);

@@ -39,6 +39,12 @@ class PixelLoss(nn.Module):
     """
 
     outputs = ("loss",)
+    shapes = ("image: float[B, in_chans, H, W], pred: float[B, (H // patch) * (W // patch), patch * patch * in_chans], "
+              "prefix_len: [B] -> loss: float[]")
+    checks = (
+        ("patch >= 1", "patch ({patch}) must be at least 1"),
+        ("H % patch == 0 and W % patch == 0", "the image ({H}x{W}) does not divide into patches of {patch}x{patch}"),
+    )
 
     def __init__(self, patch: int, norm_pix: bool = True, eps: float = 1e-6, in_chans: int = 3, shift: bool = False,
                  unbiased: bool = True):
@@ -127,6 +133,7 @@ class LMCrossEntropy(nn.Module):
     """
 
     outputs = ("loss",)
+    shapes = "logits: float[B, N, V], targets: long[B, N] < V -> loss: float[]"
 
     def __init__(self, shift: bool = False, ignore_index: int = -100, z_loss: float = 0.0, vocab_parallel: bool = False):
         super().__init__()
@@ -193,6 +200,7 @@ class ClipLoss(nn.Module):
     """
 
     outputs = ("loss",)
+    shapes = "image_emb: float[B, D], text_emb: float[B, D], logit_scale: float[] -> loss: float[]"
 
     def __init__(self, gather: bool = True):
         super().__init__()
@@ -219,6 +227,7 @@ class ClassificationCE(nn.Module):
     (e.g. from mixup)."""
 
     outputs = ("loss",)
+    shapes = "logits: float[B, C], target: [B, ...] < C -> loss: float[]"  # index or soft targets
 
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
@@ -236,6 +245,7 @@ class MoEBalance(nn.Module):
     """Adds a mixture-of-experts load-balancing term (a Transformer's `aux_loss`) to the total."""
 
     outputs = ("loss",)
+    shapes = "aux_loss: float[] -> loss: float[]"
 
     def __init__(self, scale: float = 1.0):
         super().__init__()

@@ -27,6 +27,8 @@ class TopKAccuracy(nn.Module):
     """The fraction of samples whose target is among the `k` highest logits."""
 
     outputs = ("accuracy",)
+    shapes = "logits: float[B, ..., C], target: [B, ...] < C -> accuracy: float[]"
+    checks = (("1 <= k <= C", "k ({k}) must be between 1 and the {C} classes (a larger k counts every sample)"),)
 
     def __init__(self, k: int = 1):
         super().__init__()
@@ -53,6 +55,7 @@ class Perplexity(nn.Module):
     """exp of the mean next-token cross-entropy over targets that are not `ignore_index`."""
 
     outputs = ("perplexity",)
+    shapes = "logits: float[B, N, V], targets: long[B, N] < V -> perplexity: float[]"
 
     def __init__(self, ignore_index: int = -100, shift: bool = False):
         super().__init__()
@@ -90,6 +93,7 @@ class ZeroShotAccuracy(nn.Module):
     """
 
     outputs = ("accuracy",)
+    shapes = "image_emb: float[B, D], class_emb: float[..., D], target: [B, ...] -> accuracy: float[]"
 
     def __init__(self):
         super().__init__()

@@ -3,6 +3,8 @@
 `train.freeze` is checked where it is applied (`build_model`) and `train.init_include` /
 `init_exclude` against the `init_from` file (both error E640). An optimizer's `no_decay` globs
 only get a note (plan) or an info line (train): shared recipes list patterns for other models too.
+Lint already checks these globs against the static parameter names (l3m.dsl.paramcheck); here
+only those it could not judge (a block or loss whose parameters only its module knows) are said.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ def unused_no_decay(program: Program, names: Iterable[str]) -> list[str]:
     globs = call.kwargs.get("no_decay") if call is not None else None
     if not isinstance(globs, list) or not globs:
         return []
+    from l3m.dsl.paramcheck import model_params
+
     clean = [clean_name(n) for n in names]
     span = call.kwarg_spans.get("no_decay", call.type_span)
+    static = model_params(program)  # lint judged (N640) every glob that cannot match an unknown block
     return [f"{span}: no_decay pattern {g!r} matches no parameter (weight decay applies as if it were not there)"
-            for g in globs if isinstance(g, str) and not any(fnmatch.fnmatchcase(n, g) for n in clean)]
+            for g in globs if isinstance(g, str) and static.could_match_unknown(g)
+            and not any(fnmatch.fnmatchcase(n, g) for n in clean)]
 
 
 def check_init_globs(program: Program, source: str, names: Iterable[str]) -> None:

@@ -254,6 +254,9 @@ class Trainer:
         saved = read_state(found.path)
         skeleton = saved["state"]
         model, criterion, optim = self._model_states()  # also creates the optimizer's state to load into
+        old = _old_names(skeleton, {f"model.{k}": v for k, v in model.items()})
+        if old:  # before the optimizer's groups are compared: that is not what is wrong
+            raise ValueError(old)
         _check_groups(skeleton.get("optim", {}), optim)
         fresh = [{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in g.items() if k != "params"}
                  for g in self.s.optimizer.param_groups]  # the program's settings, before the checkpoint's
@@ -577,11 +580,26 @@ def load_weights(s: Session, path: Path) -> None:
     available = set(tensor_keys(saved["state"]))
     missing = [k for k in live if k.startswith("model/") and k not in available]
     if missing:
+        old = _old_names(saved["state"], live_sd)
+        if old:  # a value error: its message prints as it is (a KeyError's is quoted)
+            raise ValueError(f"checkpoint {path} does not fit the program: {old}")
         raise KeyError(f"checkpoint {path} lacks model tensors the program has, e.g. {missing[0].split('/', 1)[1]}")
     keys = [k for k in live if k in available]
     tensors = load_tensors(path, keys, live)
     set_model_state_dict(s.holder, {k.replace("/", ".", 1): v for k, v in tensors.items()},
                          options=_non_strict() if len(keys) < len(live) else None)
+
+
+def _old_names(skeleton: dict, live_sd: dict) -> str | None:
+    """Why a checkpoint's model tensors do not fit when it was written before parameter names
+    carried the model's name (`trunk.x` for `vit.trunk.x`): said with the fix."""
+    from l3m.model.naming import missing_model_prefix, rename_fix, root_of
+
+    live = [k.split(".", 1)[1] for k in live_sd if k.startswith("model.")]
+    root = root_of(live)
+    saved = list(skeleton.get("model", {})) if isinstance(skeleton, dict) else []
+    old = missing_model_prefix(saved, live, root) if root else None
+    return f"{old}; start a new run from its weights with train.init_from and {rename_fix(root)}" if old else None
 
 
 def _non_strict():

@@ -6,7 +6,7 @@ Export reads only the model's tensors from a (possibly sharded) DCP checkpoint a
 Pretrained loading takes a `.safetensors` file, a torch file (read with `weights_only=True`,
 never unpickling code) or an l3m checkpoint, keeps the tensors whose *file* names match the
 `include` globs and none of the `exclude` globs, renames them by prefix maps
-(`{"encoder.": "trunk."}`), and loads them into a model, reporting what is missing, unexpected
+(`{"encoder.": "vit.trunk."}`), and loads them into a model, reporting what is missing, unexpected
 or of the wrong shape; strict loading fails on any of those.
 """
 
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from l3m.model.naming import missing_model_prefix, rename_fix, root_of
 from l3m.train.checkpoint import load_model_tensors, read_state, resolve_checkpoint
 from l3m.train.safe_dcp import UnsafeCheckpoint, check_stored, refusal_reason
 
@@ -114,6 +115,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)  # model tensors the file did not provide
     unexpected: list[str] = field(default_factory=list)  # file tensors the model does not have
     mismatched: list[str] = field(default_factory=list)  # "name: file (a, b) vs model (c, d)"
+    hint: str = ""  # why nothing fits, when that is known (an old file without the model's name)
 
     @property
     def ok(self) -> bool:
@@ -126,7 +128,7 @@ class LoadReport:
             if names:
                 more = f" and {len(names) - limit} more" if len(names) > limit else ""
                 parts.append(f"{what}: {', '.join(names[:limit])}{more}")
-        return "; ".join(parts)
+        return "; ".join(parts) + (f"; {self.hint}" if self.hint else "")
 
 
 def load_pretrained(
@@ -149,6 +151,10 @@ def load_pretrained(
     for k, t in weights.items():
         if k in own and tuple(t.shape) != tuple(own[k].shape):
             report.mismatched.append(f"{k}: file {tuple(t.shape)} vs model {tuple(own[k].shape)}")
+    root = root_of(own)
+    old = missing_model_prefix(weights, own, root) if report.unexpected and root else None
+    if old:
+        report.hint = f"{old}; load it with {rename_fix(root)}, or rename its tensors with that prefix"
     if strict and not report.ok:
         raise ValueError("pretrained weights do not fit the model: " + report.summary())
     bad = {m.split(":")[0] for m in report.mismatched}

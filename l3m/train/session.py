@@ -36,7 +36,7 @@ from l3m.dsl.ir import Call, Node, Program, Span
 from l3m.model.blame import BLOCK_FAILED, BlockFailure, ProgramError, error_text
 from l3m.model.build import build_model, entry_for, instantiate, materialize
 from l3m.model.criterion import Criterion, build_criterion
-from l3m.registry import RUNTIME_PARAMS, lookup
+from l3m.registry import RUNTIME_PARAMS, load_builtins, lookup
 from l3m.train.precision import Precision
 
 TRAIN_SOURCE = "train"
@@ -151,6 +151,7 @@ def check_complete(program: Program, command: str) -> None:
 
 def call_factory(call: Call, kind: str, *runtime: Any) -> Any:
     """Call a registered optimizer or schedule: the trainer's leading arguments, then the file's."""
+    load_builtins()
     entry = lookup(call.type_name)
     if entry is None or entry.kind != kind:
         raise ValueError(f"{call.type_span}: {call.type_name!r} is not a registered {kind}")

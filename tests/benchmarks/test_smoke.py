@@ -34,6 +34,12 @@ def test_frontend(out):
     assert all(r["median_s"]["total"] > 0 and r["gc_paused_median_s"]["total"] > 0 for r in d["rows"])
 
 
+def test_lint_speed_times_cold_runs(out):
+    d = run("lint_speed", out)
+    assert {r["command"] for r in d["rows"]} >= {"lint", "graph --format dot", "python -c pass"}
+    assert all(r["wall_s"]["n"] == 3 and r["wall_s"]["min"] > 0 and r["cpu_s"]["median"] > 0 for r in d["rows"])
+
+
 def test_overhead_checks_equality_then_times(out):
     d = run("overhead", out)
     assert {c["example"] for c in d["cases"]} == {"llm_bytes", "vit_digits"}
@@ -99,7 +105,8 @@ def test_report_renders_what_exists(out):
     for path in out.glob("*.json"):
         section = {"frontend": "## 1.", "overhead": "## 2.", "throughput": "## 3.", "compile": "## 4.",
                    "parallel": "## 5.", "checkpointing": "## 6.", "dataloading": "## 7.",
-                   "train_examples": "## 8."}[path.stem]
+                   "train_examples": "## 8.", "data_scale": "## 9.", "image_loader": "## 9.",
+                   "lint_speed": "## 10.", "lsp_latency": "## 11."}[path.stem]
         after = text.split(section, 1)[1]
         assert "no results yet" not in after.split("\n## ", 1)[0]
     assert all((out / f).exists() for f in ("frontend.svg",))

@@ -33,10 +33,10 @@ def test_lint_all_shipped_files_is_clean():
 
 def test_lint_reports_errors_compiler_style(tmp_path):
     bad = copy_of_example(tmp_path, "bad.l3m")
-    bad.write_text(GOOD.read_text().replace("LMCrossEntropy()   logits, targets", "LMCrossEntropy()   logits, targts"))
+    bad.write_text(GOOD.read_text().replace("logits, targets -> loss", "logits, targts -> loss"))
     r = l3m("lint", bad, GOOD)
     assert r.returncode == 1
-    assert "bad.l3m:25:40: error[E101]: loss 'ce' reads key 'targts', which nothing writes" in r.stderr
+    assert "bad.l3m:25:39: error[E101]: loss 'ce' reads key 'targts', which nothing writes" in r.stderr
     assert "did you mean 'targets'?" in r.stderr
     assert "^^^^^^" in r.stderr
     assert "Traceback" not in r.stderr

@@ -53,6 +53,7 @@ CASES = {
     "E413": (HEAD + 'import "nul.l3m" as n\n' + GPT, "NUL bytes", (2, 8)),
     "E420": (HEAD + 'let t = "run-${MY_API_KEY:-x}"\n' + GPT, "looks like a credential", (2, 14)),
     "E430": (HEAD + "let a = [0] * 10 ** 9\n" + GPT, "values are limited to 1,000,000", (2, 9)),
+    "E503": (HEAD + GPT.replace("model gpt {", "model train {"), "a model cannot be named 'train'", (3, 7)),
     "E602": (HEAD + GPT + "train { stpes = 3 }", "no setting 'stpes'", None),
     "E603": (HEAD + GPT + "optimizer AdamW()\noptimizer SGD()", "declared twice", None),
     "E604": (HEAD + GPT + "mesh { dp_shard = 2 }\ntrain { grad_accum = 2 }", "does not split over 2", (2, 38)),
@@ -131,6 +132,9 @@ def test_every_code_has_a_test():
     tested |= {"E821", "W821"}  # tests/data/test_shards_lint.py
     tested |= {"E830", "E831"}  # tests/data/test_segments.py, tests/data/test_mixture.py
     tested |= {"E106", "E208", "E640", "E901", "E902"}  # tests/faults/test_no_internal_errors.py, test_bad_inputs.py
+    tested |= {"N640", "E780", "E781"}  # tests/dsl/test_paramcheck.py
+    tested |= {"E502"}  # tests/dsl/test_override_names.py
+    tested |= {"E750", "E751", "E752", "E753", "E754", "E755", "E756"}  # tests/dsl/test_shapes.py
     assert set(CODES) <= tested
 
 

@@ -135,7 +135,7 @@ def Block(dim, heads = 2) x -> y {
 data {
   train: DigitsImages(split = train, image_size = 16, batch_size = 64)  -> image, label
 }
-model m = Block(dim = d) image -> y
+model m = Block(dim = d)  image -> y
 loss   ce:   ClassificationCE()   y, label -> loss  weight 0.5
 metric top1: TopKAccuracy(k = 1)  y, label -> top1
 optimizer AdamW(lr = 1e-3, no_decay = ["*bias"])
@@ -224,3 +224,50 @@ def test_mutated_programs_that_still_parse_format_safely():
         assert _canon(parse(out)) == _canon(tree), seed
         checked += 1
     assert checked >= 50
+
+
+def test_test_suite_programs_compile_to_the_same_programs(tmp_path):
+    """Every whole program in the test suite, formatted: the same diagnostics (codes and messages) and the
+    same resolved program (positions aside); formatting the result again changes nothing."""
+    programs = _test_programs()
+    assert len(programs) >= 10
+    for k, text in enumerate(programs):
+        out = format_text(text)
+        assert format_text(out) == out
+        before, after = tmp_path / f"p{k}.l3m", tmp_path / f"p{k}_fmt.l3m"
+        before.write_text(text)
+        after.write_text(out)
+        a, b = compile_file(str(before)), compile_file(str(after))
+        moved = (f"p{k}_fmt.l3m", f"p{k}.l3m")
+        assert [(d.code, d.message.replace(*moved)) for d in b.diagnostics] == \
+               [(d.code, d.message) for d in a.diagnostics], text[:200]
+        assert _canon(b.program, moved) == _canon(a.program), text[:200]
+
+
+def test_weights_and_own_line_bindings_align_with_their_run():
+    text = """\
+l3m 1
+model m {
+  trunk {
+    a: Linear(3, 3) x -> h
+    long_name: Transformer(dim = 3, depth = 2,
+      heads = 1)
+      h -> y
+  }
+}
+loss a: X() p -> la weight 0.4
+loss bb: LongerName(k = 1) q, r -> lbb weight 1.0
+"""
+    assert format_text(text) == """\
+l3m 1
+model m {
+  trunk {
+    a:         Linear(3, 3)  x -> h
+    long_name: Transformer(dim = 3, depth = 2,
+                           heads = 1)
+                             h -> y
+  }
+}
+loss a:  X()                p -> la      weight 0.4
+loss bb: LongerName(k = 1)  q, r -> lbb  weight 1.0
+"""

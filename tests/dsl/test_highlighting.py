@@ -55,6 +55,21 @@ def test_registered_under_the_name_l3m():
     assert L3mLexer.analyse_text("import os\n") == 0.0
 
 
+def test_no_error_tokens_on_test_programs_and_documentation_snippets():
+    """Every whole program in the test suite that parses, and every ```l3m block of the Markdown docs."""
+    import re
+
+    from test_fmt import _test_programs
+
+    texts = _test_programs()
+    assert len(texts) >= 10
+    for md in sorted(ROOT.glob("**/*.md")):
+        if not {".venv", "runs", "node_modules"} & set(md.relative_to(ROOT).parts):
+            texts += re.findall(r"```l3m\n(.*?)```", md.read_text(), re.S)
+    for text in texts:
+        assert not [v for t, v in L3mLexer().get_tokens(text) if t in Error], text[:120]
+
+
 GRAMMAR = ROOT / "editors/vscode/syntaxes/l3m.tmLanguage.json"
 
 

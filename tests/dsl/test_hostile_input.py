@@ -274,8 +274,8 @@ def test_the_cli_reports_instead_of_crashing(tmp_path, l3m):
 
 
 def test_templates_that_fan_out_are_bounded(tmp_path, monkeypatch):
-    resolve = importlib.import_module("l3m.dsl.resolve")  # the module (l3m.dsl.resolve is also a function)
-    monkeypatch.setattr(resolve, "MAX_NODES", 100)  # the real bound (20,000) takes seconds to reach
+    models = importlib.import_module("l3m.dsl.resolver.models")  # where templates are expanded
+    monkeypatch.setattr(models, "MAX_NODES", 100)  # the real bound (20,000) takes seconds to reach
     lines = ["def T0() x -> y { trunk { l: Linear(4, 4) x -> y } }"]
     lines += [f"def T{i}() x -> y {{ model a = T{i - 1}() x -> h\n model b = T{i - 1}() h -> y }}" for i in range(1, 31)]
     src = HEAD + "data { train: TextBytes(seq_len = 8, batch_size = 2) -> x, targets }\n" + "\n".join(lines)

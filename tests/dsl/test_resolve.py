@@ -32,7 +32,7 @@ def test_lets_are_evaluated_after_overrides(compile_text):
 
 
 def test_overrides_reach_every_kind_of_path(compile_text):
-    c = compile_text(HEAD + GPT, overrides=["train.steps=3", "model.trunk.blocks.depth=4", "optimizer.lr=0.5",
+    c = compile_text(HEAD + GPT, overrides=["train.steps=3", "gpt.trunk.blocks.depth=4", "optimizer.lr=0.5",
                                             "data.train.batch_size=7", "loss.ce.weight=2", "mesh.tp=1",
                                             "data.train.root=/tmp/some dir"])
     assert c.ok, [d.message for d in c.errors]
@@ -47,12 +47,12 @@ def test_overrides_reach_every_kind_of_path(compile_text):
 
 
 def test_unknown_override_is_an_error_with_a_suggestion(compile_text):
-    c = compile_text(HEAD + GPT, overrides=["train.stesp=3", "dimm=3", "model.trunk.blocks.dpth=2"])
+    c = compile_text(HEAD + GPT, overrides=["train.stesp=3", "dimm=3", "gpt.trunk.blocks.dpth=2"])
     msgs = {d.message: d.help for d in c.errors if d.code == "E501"}
     assert msgs["override 'train.stesp' names nothing in the program"] == "did you mean 'train.steps'?"
     assert msgs["override 'dimm' names nothing in the program"] == "did you mean 'dim'?"
-    assert msgs["override 'model.trunk.blocks.dpth' names nothing in the program"] == \
-        "did you mean 'model.trunk.blocks.depth'?"
+    assert msgs["override 'gpt.trunk.blocks.dpth' names nothing in the program"] == \
+        "did you mean 'gpt.trunk.blocks.depth'?"
 
 
 def test_malformed_override(compile_text):
@@ -118,7 +118,7 @@ def test_templates_expand_into_nested_models_with_private_keys(compile_text):
         loss ce: LMCrossEntropy() logits, targets -> loss
         metric m: Perplexity() logits, targets -> ppl
     """)
-    c = compile_text(src, overrides=["model.b.depth=3"], **{"towers.l3m": TEMPLATE_LIB})
+    c = compile_text(src, overrides=["two.b.depth=3"], **{"towers.l3m": TEMPLATE_LIB})
     assert [m.path for m in c.program.models] == ["two", "two.a", "two.b"]
     a = node(c, "two.a.preprocessor.embed")
     assert a.model == "two.a" and a.write_keys == ["two.a.x"]

@@ -20,11 +20,11 @@ loss ce: LMCrossEntropy() logits, targets -> loss
 CAPTIONS = """data { train: DigitsImageText(seq_len = 16, tokenizer = "TOK", PAD) -> image, text, label }
 model m {
   preprocessor  { embed: TokenEmbedding(vocab = 320, dim = 16) text -> x }
-  postprocessor { pool: EosPool(eos_id = EOS) x, text -> x }
-  head          { lm: LMHead(16, 320) x -> logits }
+  postprocessor { pool: EosPool(eos_id = EOS) x, text -> pooled }
+  head          { lm: LMHead(16, 320) x -> logits  cls: Classifier(dim = 16, num_classes = 10) pooled -> classes }
 }
 loss ce: LMCrossEntropy(ignore_index = IGNORE) logits, text -> loss
-metric acc: TopKAccuracy() logits, label -> acc
+metric acc: TopKAccuracy() classes, label -> acc
 """
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,40 @@ def program(tmp_path: Path, *edits: tuple[str, str], classes: int = 10, name: st
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+# A block that declares no shapes: lint cannot follow what flows through it, so a mistake after it is found
+# when the step runs (the run-time reports that declared shapes otherwise make lint errors).
+OPAQUE_EXT = '''from torch import nn
+
+from l3m import register
+
+
+@register("block")
+class Opaque(nn.Module):
+    outputs = ("x",)
+
+    def forward(self, x):
+        return x
+'''
+
+
+def with_opaque(tmp_path: Path, *edits: tuple[str, str], classes: int = 10,
+                monkeypatch: pytest.MonkeyPatch | None = None) -> Path:
+    """`program(...)` that may use the undeclared block `Opaque()`, from a module written to tmp_path (which
+    must be on sys.path / PYTHONPATH when the program is built) and named after it, so that no other test
+    finds it imported already. Give `monkeypatch` when the program runs in this process: the registry is
+    restored afterwards, so `Opaque` does not stay registered for other tests."""
+    if monkeypatch is not None:
+        from l3m import registry
+
+        registry.load_builtins()  # as the run will: the copy then holds every built-in
+        monkeypatch.setattr(registry, "_REGISTRY", {k: dict(v) for k, v in registry._REGISTRY.items()})
+        monkeypatch.setattr(registry, "_view", None)
+        monkeypatch.syspath_prepend(str(tmp_path))
+    module = f"opaqueext_{zlib.crc32(str(tmp_path).encode()):08x}"
+    (tmp_path / f"{module}.py").write_text(OPAQUE_EXT)
+    return program(tmp_path, ("l3m 1\n", f'l3m 1\nextension "{module}"\n'), *edits, classes=classes)
 
 
 def make_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture):

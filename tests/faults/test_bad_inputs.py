@@ -9,7 +9,7 @@ import re
 
 import pytest
 import torch
-from bad_input_utils import make_cli, no_internal_error, program
+from bad_input_utils import make_cli, no_internal_error, program, with_opaque
 from helpers import ROOT
 
 from l3m.model.labels import GPU_CHECKS, LabelRangeError, check_labels
@@ -24,11 +24,22 @@ def cli(monkeypatch, tmp_path, capsys):
 # -- labels out of range ---------------------------------------------------------------------------
 
 
-def test_labels_past_the_heads_classes_name_key_label_and_count(cli, tmp_path):
+def test_labels_past_the_heads_classes_are_a_lint_error(cli, tmp_path):
     code, _, err = cli("train", program(tmp_path, classes=20), "--output", tmp_path / "run")
     assert code == 1
     no_internal_error(err)
-    m = re.search(r"prog\.l3m:11:8: error\[E902\]: loss 'ce' \(ClassificationCE\) failed: key 'label' holds label "
+    assert ("prog.l3m:11:42: error[E753]: 'label' holds values up to 19 (written by 'data.train' (Synthetic)), "
+            "but 'loss.ce' (ClassificationCE) accepts target < 10") in err
+
+
+def test_labels_past_the_heads_classes_name_key_label_and_count(cli, tmp_path, monkeypatch):
+    # Through a block that declares no shapes lint cannot know the labels' range: the step finds it.
+    path = with_opaque(tmp_path, ("preprocessor  {", "preprocessor  { hide: Opaque() label -> label\n   "), classes=20,
+                       monkeypatch=monkeypatch)
+    code, _, err = cli("train", path, "--output", tmp_path / "run")
+    assert code == 1
+    no_internal_error(err)
+    m = re.search(r"prog\.l3m:13:8: error\[E902\]: loss 'ce' \(ClassificationCE\) failed: key 'label' holds label "
                   r"(\d+), but 'logits' has 10 classes", err)
     assert m, err
     assert 10 <= int(m.group(1)) < 20

@@ -45,9 +45,9 @@ def hf_llama(transformers, dim=64, heads=4, kv_heads=2, hidden=96, tie=False, ro
 
 
 def overrides(dim=64, heads=4, kv_heads=2, hidden=96, tie=False, fused=True, extra=()):
-    return [f"model.dim={dim}", "model.depth=2", f"model.heads={heads}", f"model.kv_heads={kv_heads}",
-            f"model.hidden={hidden}", f"model.fused_qkv={'true' if fused else 'false'}",
-            'model.tie="embed"' if tie else 'model.tie=""', *extra]  # fmt: skip
+    return [f"llama.dim={dim}", "llama.depth=2", f"llama.heads={heads}", f"llama.kv_heads={kv_heads}",
+            f"llama.hidden={hidden}", f"llama.fused_qkv={'true' if fused else 'false'}",
+            'llama.tie="embed"' if tie else 'llama.tie=""', *extra]  # fmt: skip
 
 
 def l3m_llama(**kw):
@@ -81,7 +81,7 @@ def logits_close(ref, model, n=24):
 def test_logits_match_hf_and_export_round_trips(transformers, kw):
     bias = kw.pop("bias", False)
     ref = hf_llama(transformers, kv_heads=kw.get("kv_heads", 2), tie=kw["tie"], bias=bias)
-    extra = ["model.trunk.blocks.qkv_bias=true", "model.trunk.blocks.proj_bias=true"] if bias else []
+    extra = ["llama.trunk.blocks.qkv_bias=true", "llama.trunk.blocks.proj_bias=true"] if bias else []
     model = l3m_llama(**kw, extra=extra)
     state = hf_state(ref, kw["tie"])
     report = load_pretrained(model, llama_to_l3m(state, model))
@@ -101,8 +101,8 @@ def test_fused_layout_needs_the_regrouping(transformers):
     for i in range(2):
         a = f"model.layers.{i}.self_attn."
         naive = torch.cat([sd[a + "q_proj.weight"], sd[a + "k_proj.weight"], sd[a + "v_proj.weight"]])
-        assert not torch.equal(naive, converted[f"trunk.blocks.layers.{i}.attn.qkv.weight"])
-        converted[f"trunk.blocks.layers.{i}.attn.qkv.weight"] = naive
+        assert not torch.equal(naive, converted[f"llama.trunk.blocks.layers.{i}.attn.qkv.weight"])
+        converted[f"llama.trunk.blocks.layers.{i}.attn.qkv.weight"] = naive
     load_pretrained(model, converted)
     with pytest.raises(AssertionError):
         logits_close(ref, model)
@@ -112,8 +112,8 @@ def test_llama3_rope_scaling_matches(transformers):
     rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 64}  # fmt: skip
     ref = hf_llama(transformers, rope=rope)
-    scaled = l3m_llama(extra=["model.rope_theta=500000.0", "model.rope_scaling=[8.0, 1.0, 4.0, 64]"])
-    plain = l3m_llama(extra=["model.rope_theta=500000.0"])
+    scaled = l3m_llama(extra=["llama.rope_theta=500000.0", "llama.rope_scaling=[8.0, 1.0, 4.0, 64]"])
+    plain = l3m_llama(extra=["llama.rope_theta=500000.0"])
     for m in (scaled, plain):
         load_foreign(m, "llama", ref.state_dict())
     logits_close(ref, scaled, n=48)
@@ -190,7 +190,7 @@ def test_cli_errors(transformers, tmp_path, capsys):
     save_file(ref.state_dict(), str(src))
     assert import_main("llama", str(src), TINY, out, overrides(hidden=128)) == 1  # wrong MLP width
     assert "wrong shape" in capsys.readouterr().err
-    assert import_main("llama", str(src), TINY, out, ["model.dimm=64"]) == 1  # a typo in an override
+    assert import_main("llama", str(src), TINY, out, ["llama.dimm=64"]) == 1  # a typo in an override
     assert import_main("llama", str(tmp_path / "missing.safetensors"), TINY, out, overrides()) == 2
     assert import_main("gpt", str(src), TINY, out, overrides()) == 1
     assert "unknown checkpoint kind 'gpt'" in capsys.readouterr().err

@@ -66,7 +66,7 @@ def vit_file(tmp_path, variant) -> str:
 
 
 def l3m_vit(path, fused=True):
-    ov = [f"model.fused_qkv={'true' if fused else 'false'}"]
+    ov = [f"vit.fused_qkv={'true' if fused else 'false'}"]
     return materialize(l3m.load(path, ov).build_model(), "cpu").eval()
 
 
@@ -102,8 +102,8 @@ def test_fused_qkv_needs_the_regrouping(vit_cls, tmp_path):
     for i in range(2):
         for n in ("weight", "bias"):
             naive = ref.state_dict()[f"blocks.{i}.attn.qkv.{n}"]
-            assert not torch.equal(naive, converted[f"trunk.blocks.layers.{i}.attn.qkv.{n}"])
-            converted[f"trunk.blocks.layers.{i}.attn.qkv.{n}"] = naive
+            assert not torch.equal(naive, converted[f"vit.trunk.blocks.layers.{i}.attn.qkv.{n}"])
+            converted[f"vit.trunk.blocks.layers.{i}.attn.qkv.{n}"] = naive
     load_pretrained(model, converted)
     with pytest.raises(AssertionError):
         logits_close(ref, model)
@@ -118,6 +118,8 @@ def test_cli_import_and_export_back(vit_cls, tmp_path, capsys):
     path = vit_file(tmp_path, TOKEN)
     assert import_main("timm-vit", str(src), path, str(out), []) == 0
     assert "imported 32 tensors" in capsys.readouterr().out
+    assert all(k.startswith("vit.") for k in read_weights(out))  # the names `l3m plan` prints: model first
+    assert "vit.trunk.blocks.layers.0.attn.qkv.weight" in read_weights(out)
     model = l3m_vit(path)
     assert load_foreign(model, "timm-vit", src).ok
     assert load_pretrained(model, out).ok
@@ -139,7 +141,7 @@ def test_what_does_not_fit_is_an_error(vit_cls, tmp_path, capsys):
     save_file(timm_vit(vit_cls).state_dict(), str(src))
     no_bias = vit_file(tmp_path, {**TOKEN, "proj_bias": "false"})
     assert import_main("timm-vit", str(src), no_bias, out, []) == 1
-    assert "unexpected: trunk.blocks.layers.0.attn.proj.bias" in capsys.readouterr().err
+    assert "unexpected: vit.trunk.blocks.layers.0.attn.proj.bias" in capsys.readouterr().err
 
 
 def test_non_vit_models_are_refused(tmp_path):
@@ -151,7 +153,7 @@ def test_non_vit_models_are_refused(tmp_path):
     model = l3m.load(str(ROOT / "examples" / "aimv2_digits.l3m")).build_model()
     with pytest.raises(ValueError, match="exactly one PosEmbed block in the model, found 2"):
         vit_to_l3m({}, model)
-    model = l3m.load(vit_file(tmp_path, TOKEN), ["model.trunk.blocks.causal=true"]).build_model()
+    model = l3m.load(vit_file(tmp_path, TOKEN), ["vit.trunk.blocks.causal=true"]).build_model()
     with pytest.raises(ValueError, match="not a timm ViT's trunk; it needs causal = false"):
         vit_to_l3m({}, model)
 

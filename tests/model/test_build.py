@@ -23,36 +23,36 @@ def test_builds_on_meta_with_file_names(gpt):
     model = build_model(gpt)
     names = [n for n, _ in model.named_parameters()]
     assert names == [
-        "preprocessor.embed.emb.weight",
-        "trunk.mix.lin.weight",
-        "trunk.mix.lin.bias",
-    ]  # the head's weight is the embedding's, listed once
+        "gpt.preprocessor.embed.emb.weight",
+        "gpt.trunk.mix.lin.weight",
+        "gpt.trunk.mix.lin.bias",
+    ]  # the head's weight is the embedding's, listed once; every name starts with the block's path
     assert all(p.is_meta for p in model.parameters())
-    assert model.trunk.mix.lin.in_features == 8  # positional arguments reached the constructor
-    assert model.schedule == ["preprocessor.embed", "trunk.mix", "head.lm"]
+    assert model.gpt.trunk.mix.lin.in_features == 8  # positional arguments reached the constructor
+    assert model.schedule == ["gpt.preprocessor.embed", "gpt.trunk.mix", "gpt.head.lm"]
 
 
 def test_materialize_initialises_and_keeps_the_tie(gpt):
     torch.manual_seed(0)
     model = materialize(build_model(gpt), "cpu")
-    emb = model.preprocessor.embed.emb.weight
+    emb = model.gpt.preprocessor.embed.emb.weight
     assert emb.device.type == "cpu" and torch.isfinite(emb).all()
-    assert model.head.lm.proj.weight is emb
+    assert model.gpt.head.lm.proj.weight is emb
     out = model(batch())
     assert out["logits"].shape == (2, 5, 11)
-    expect = F.linear(model.trunk.mix.lin(F.embedding(batch()["tokens"], emb)), emb)
+    expect = F.linear(model.gpt.trunk.mix.lin(F.embedding(batch()["tokens"], emb)), emb)
     torch.testing.assert_close(out["logits"], expect)
 
 
-def test_nested_models_name_submodels_and_drop_the_root(ir):
+def test_nested_models_name_submodels_under_the_root(ir):
     prog = ir.program(
         ir.block("clip.image.trunk.enc", "ToyLinear", ["image"], ["img"], 4, 4),
         ir.block("clip.text.trunk.enc", "ToyLinear", ["text"], ["txt"], 4, 4),
         ir.block("clip.head.sum", "ToySum", ["img", "txt"], ["both"]),
     )
     model = build_model(prog)
-    assert {n.rsplit(".", 2)[0] for n, _ in model.named_parameters()} == {"image.trunk.enc", "text.trunk.enc"}
-    assert "self.head.sum(img_1, txt_2)" in model.code
+    assert {n.rsplit(".", 2)[0] for n, _ in model.named_parameters()} == {"clip.image.trunk.enc", "clip.text.trunk.enc"}
+    assert "self.clip.head.sum(img_1, txt_2)" in model.code
     out = materialize(model)({"image": torch.ones(1, 4), "text": torch.ones(1, 4)})
     torch.testing.assert_close(out["both"], out["img"] + out["txt"])
 
@@ -64,8 +64,8 @@ def test_schedule_argument_orders_execution_and_skips_other_nodes(ir):
         ir.loss("l", "ToyMSE", ["z", "x"]),
     )
     model = build_model(prog, schedule=["m.trunk.a", "m.trunk.b", "loss.l"])
-    assert model.schedule == ["trunk.a", "trunk.b"]
-    assert [n for n, _ in model.named_parameters()][0].startswith("trunk.b.")  # declaration order
+    assert model.schedule == ["m.trunk.a", "m.trunk.b"]
+    assert [n for n, _ in model.named_parameters()][0].startswith("m.trunk.b.")  # declaration order
     with pytest.raises(ValueError, match="unknown nodes: m.trunk.c"):
         build_model(prog, schedule=["m.trunk.a", "m.trunk.c"])
     with pytest.raises(ValueError, match="missing"):
@@ -81,16 +81,18 @@ def test_optional_ports_and_outputs(ir):
     x = torch.randn(3, 4)
     out = model({"x": x})
     assert set(out) == {"x", "a", "b", "y"}
-    torch.testing.assert_close(out["y"], model.trunk.lin.lin(out["a"]) * (2 * x))
+    torch.testing.assert_close(out["y"], model.m.trunk.lin.lin(out["a"]) * (2 * x))
 
 
 def test_freeze_globs(gpt):
-    gpt.sections["train"] = Section("train", None, {"freeze": ["preprocessor.*"]})
+    gpt.sections["train"] = Section("train", None, {"freeze": ["gpt.preprocessor.*"]})
     model = build_model(gpt)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert frozen == {"preprocessor.embed.emb.weight"}
-    with pytest.raises(ValueError, match="'trunk.nope\\*' matches no parameter"):
-        freeze(model, ["trunk.nope*"])
+    assert frozen == {"gpt.preprocessor.embed.emb.weight"}
+    with pytest.raises(ValueError, match="'gpt.trunk.nope\\*' matches no parameter"):
+        freeze(model, ["gpt.trunk.nope*"])
+    with pytest.raises(ValueError, match="'preprocessor.\\*' matches no parameter"):
+        freeze(model, ["preprocessor.*"])  # the old spelling, without the model's name
 
 
 @pytest.mark.parametrize(
@@ -144,7 +146,7 @@ def test_criterion_weights_terms_and_logs_detached_values(ir):
     torch.testing.assert_close(logs["avg"], d["pred"].mean().detach())
     assert not any(v.requires_grad for v in logs.values())
     total.backward()
-    assert model.head.lin.lin.weight.grad is not None
+    assert model.m.head.lin.lin.weight.grad is not None
 
 
 def test_criterion_parameters_and_path_names_when_names_clash(ir):
@@ -193,9 +195,9 @@ def test_real_library_gpt_builds_ties_and_trains_one_step(ir):
     torch.manual_seed(0)
     model = materialize(build_model(prog))
     crit = build_criterion(prog)
-    assert model.head.lm.proj.weight is model.preprocessor.embed.weight
-    assert any(n.startswith("trunk.blocks.layers.1.") for n, _ in model.named_parameters())
-    assert "x_2, _, _ = self.trunk.blocks(x_1)" in model.code
+    assert model.gpt.head.lm.proj.weight is model.gpt.preprocessor.embed.weight
+    assert any(n.startswith("gpt.trunk.blocks.layers.1.") for n, _ in model.named_parameters())
+    assert "x_2, _, _ = self.gpt.trunk.blocks(x_1)" in model.code
     d = batch()
     out = model(d)
     torch.testing.assert_close(out["logits"], model.forward_eager(d)["logits"])
@@ -220,7 +222,7 @@ model gpt {
 loss ce: LMCrossEntropy()  logits, targets -> loss
 metric ppl: Perplexity()  logits, targets -> ppl
 optimizer AdamW(lr = 3e-4)
-train { steps = 2, freeze = ["trunk.blocks.layers.0.*"] }
+train { steps = 2, freeze = ["gpt.trunk.blocks.layers.0.*"] }
 """
 
 
@@ -234,9 +236,9 @@ def test_a_compiled_file_builds_and_steps(tmp_path):
     torch.manual_seed(0)
     model = materialize(build_model(compiled.program, schedule=compiled.flow.model_order()))
     crit = build_criterion(compiled.program)
-    assert model.schedule == ["preprocessor.embed", "trunk.blocks", "head.lm"]
+    assert model.schedule == ["gpt.preprocessor.embed", "gpt.trunk.blocks", "gpt.head.lm"]
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    assert frozen and all(n.startswith("trunk.blocks.layers.0.") for n in frozen)
+    assert frozen and all(n.startswith("gpt.trunk.blocks.layers.0.") for n in frozen)
     total, logs = crit(model(batch(6)))
     assert set(logs) == {"ce", "ppl"} and torch.isfinite(total)
     total.backward()

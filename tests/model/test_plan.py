@@ -36,7 +36,7 @@ def lm(ir):
         ir.block("gpt.head.lm", "LMHead", ["x"], ["logits"], 16, 11, tie="embed"),
         ir.loss("ce", "LMCrossEntropy", ["logits", "targets"]),
         optimizer=ir.call("AdamW", lr=1e-3),
-        train={"freeze": ["trunk.blocks.layers.0.*"]},
+        train={"freeze": ["gpt.trunk.blocks.layers.0.*"]},
     )
 
 
@@ -48,7 +48,7 @@ def test_param_counts_are_exact(lm):
     assert 0 < p["params"]["trainable"] < p["params"]["total"]
     blocks = p["params"]["by_block"]
     assert blocks["gpt.preprocessor.embed"] == 11 * 16 and blocks["gpt.head.lm"] == 0
-    assert blocks["gpt.trunk.blocks"] == sum(t.numel() for t in real.trunk.parameters())
+    assert blocks["gpt.trunk.blocks"] == sum(t.numel() for t in real.gpt.trunk.parameters())
     assert p["params"]["by_stage"]["gpt.trunk"] == blocks["gpt.trunk.blocks"]
     assert p["params"]["by_model"] == {"gpt": p["params"]["total"]}
     json.dumps(p)
@@ -92,7 +92,7 @@ def test_flops_and_activations_by_hand(ir):
     assert p["activation_bytes_per_sample"] == 4 * (12 + 24 + 6 + 6)
     assert plan(two_linears(ir, dtype="bf16"))["activation_bytes_per_sample"] == 2 * (12 + 24 + 6 + 6)
     # With l1 frozen nothing before l2 needs a gradient: only l2's weight grad, and l1 saves nothing.
-    frozen = plan(two_linears(ir, freeze=["trunk.l1.*"]))
+    frozen = plan(two_linears(ir, freeze=["m.trunk.l1.*"]))
     assert frozen["flops_per_sample"]["backward"] == 96
     assert frozen["activation_bytes_per_sample"] == 4 * (24 + 6 + 6)
 
@@ -103,7 +103,7 @@ def sharded(ir, optimizer, **mesh):
         ir.block("m.trunk.b", "ToyLinear", ["x"], ["z"], 16, 30),  # weight [30, 16], bias [30]
         keys={"x": ("float", ["B", 16])},
         optimizer=optimizer,
-        train={"freeze": ["trunk.b.*"]},
+        train={"freeze": ["m.trunk.b.*"]},
         mesh=mesh,
     )
     return plan(prog, world_size=8)

@@ -21,7 +21,7 @@ import l3m
 from l3m.config import build_section
 from l3m.data.global_batch import derive_layout
 from l3m.data.transforms import image_transform
-from l3m.model.build import module_path, root_prefix
+from l3m.model.build import module_path
 from l3m.registry import lookup
 from l3m.train.optim import param_groups
 
@@ -201,8 +201,7 @@ def test_no_decay_set_is_the_originals(case):
     groups = param_groups(model.named_parameters(), lr=kw["lr"], weight_decay=kw["weight_decay"],
                           no_decay=kw.get("no_decay", ()), decay_1d=kw.get("decay_1d", False))
     no_wd = {n for g in groups if g["weight_decay"] == 0.0 for n in g["param_names"]}
-    root = root_prefix(program)
-    prefix = {t: [module_path(n, root) + "." for n in program.blocks if n.call.type_name == t]
+    prefix = {t: [module_path(n) + "." for n in program.blocks if n.call.type_name == t]
               for t in ("PosEmbed", "ClsToken")}
     expected = set()
     cls_params = set()

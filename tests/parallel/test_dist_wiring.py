@@ -20,7 +20,7 @@ from l3m.dist import build_mesh, parallelize, parallelize_criterion
 from l3m.model.build import build_model, materialize
 from l3m.model.losses import ClipLoss, LMCrossEntropy
 
-QKV = "trunk.blocks.layers.{i}.attn.qkv.weight"
+QKV = "gpt.trunk.blocks.layers.{i}.attn.qkv.weight"
 
 
 @pytest.fixture
@@ -53,20 +53,20 @@ def test_fsdp_with_tensor_parallelism(fake_world, program):
     model = built(program(), MeshConfig(dp_shard=2, tp=2), TrainConfig(activation_checkpointing="selective"))
     dims = model.parallel_dims
     assert (dims.dp_rank, dims.dp_size) == (1, 2)
-    layers = model.trunk.blocks.layers
+    layers = model.gpt.trunk.blocks.layers
     assert all(isinstance(layer, CheckpointWrapper) and isinstance(layer, FSDPModule) for layer in layers)
-    assert isinstance(model, FSDPModule) and isinstance(model.trunk.blocks, FSDPModule)
-    assert isinstance(model.preprocessor.pos, FSDPModule)
+    assert isinstance(model, FSDPModule) and isinstance(model.gpt.trunk.blocks, FSDPModule)
+    assert isinstance(model.gpt.preprocessor.pos, FSDPModule)
     # The tied embedding and head share one weight, so they are sharded with the root, not alone.
-    assert not isinstance(model.preprocessor.embed, FSDPModule)
-    assert not isinstance(model.head.lm, FSDPModule)
-    assert model.head.lm.proj.weight is model.preprocessor.embed.emb.weight
+    assert not isinstance(model.gpt.preprocessor.embed, FSDPModule)
+    assert not isinstance(model.gpt.head.lm, FSDPModule)
+    assert model.gpt.head.lm.proj.weight is model.gpt.preprocessor.embed.emb.weight
 
     qkv = param(model, QKV.format(i=0))
     assert isinstance(qkv, DTensor) and qkv.device_mesh.mesh_dim_names == ("dp_shard_cp", "tp")
     assert qkv.placements[1] == Shard(0)
     assert qkv.to_local().shape == (qkv.shape[0] // 4, 32)  # split over 2 tensor x 2 data ranks
-    norm = param(model, "trunk.blocks.layers.0.norm1.weight")  # no tensor-parallel plan: FSDP only
+    norm = param(model, "gpt.trunk.blocks.layers.0.norm1.weight")  # no tensor-parallel plan: FSDP only
     assert norm.device_mesh.mesh_dim_names == ("dp_shard_cp",) and norm.placements == (Shard(0),)
 
 
@@ -136,7 +136,7 @@ loss ce: ClassificationCE() logits, label -> loss
 optimizer AdamW(lr = 1e-2)
 """
     fake_world(2, 0)
-    with pytest.raises(ValueError, match=r"block 'preprocessor.patch' \(PatchEmbed\) works on the whole sequence"):
+    with pytest.raises(ValueError, match=r"block 'vit.preprocessor.patch' \(PatchEmbed\) works on the whole sequence"):
         built(program(text=vit), MeshConfig(dp_shard=1, cp=2))
 
 

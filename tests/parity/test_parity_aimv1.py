@@ -69,11 +69,11 @@ def fixture() -> Fixture:
 
 def test_aimv1_matches_the_original(tmp_path, fixture):
     model, criterion = build_twin(tmp_path, _source(fixture.meta["constants"]))
-    load_exact(model, rename(fixture.weights, RULES))
+    load_exact(model, rename(fixture.weights, RULES, root="aim"))
     # The frozen sin-cos tables: l3m rebuilds them; they must be the original's (layout included).
     tables = {
-        "encoder": max_abs_diff(model.preprocessor.pos.pos, fixture.weights["preprocessor.blocks.0.pos_embed"]),
-        "decoder": max_abs_diff(model.head.dec_pos.pos, fixture.weights["head.decoder_pos_embed"]),
+        "encoder": max_abs_diff(model.aim.preprocessor.pos.pos, fixture.weights["preprocessor.blocks.0.pos_embed"]),
+        "decoder": max_abs_diff(model.aim.head.dec_pos.pos, fixture.weights["head.decoder_pos_embed"]),
     }
     out, total, logs = run(model, criterion, {"image": fixture.inputs["image"],
                                              "prefix_len": fixture.inputs["prefix_len"]})
@@ -102,7 +102,7 @@ def test_aimv1_init_statistics(tmp_path, fixture):
     torch.manual_seed(0)
     model, _ = build_twin(tmp_path, _source(fixture.meta["init_statistics_constants"]))
     stats = fixture.meta["init_statistics"]
-    named = rename({k: torch.empty(0) for k in stats}, RULES)
+    named = rename({k: torch.empty(0) for k in stats}, RULES, root="aim")
     original = {new: stats[old] for old, new in zip([k for k in stats if "pos_embed" not in k], named, strict=True)}
     assert set(original) == set(model.state_dict())
     counted = check_init_statistics(model.state_dict(), original, GROUPS)

@@ -79,7 +79,7 @@ def _source(constants: dict) -> str:
 
 
 def _state(weights: dict) -> dict:
-    state = rename(weights, RULES)
+    state = rename(weights, RULES, root="aimv2")
     # The rules keep the original's model names where they capture them; l3m's are `encoder`/`decoder`.
     out = {}
     for k, v in state.items():

@@ -123,7 +123,7 @@ def _router_scores(model) -> tuple[dict, list]:
     """Each encoder MoE layer's router softmax, recorded by forward hooks on the router projections."""
     got: dict = {}
     hooks = []
-    for i, layer in enumerate(model.encoder.trunk.blocks.layers):
+    for i, layer in enumerate(model.aimv2_moe.encoder.trunk.blocks.layers):
         def hook(_m, _inp, logits, i=i):
             got[i] = logits.float().softmax(dim=-1)
         hooks.append(layer.mlp.router.register_forward_hook(hook))
@@ -133,8 +133,9 @@ def _router_scores(model) -> tuple[dict, list]:
 def test_aimv2_moe_matches_the_original(tmp_path, fixture):
     c = fixture.meta["constants"]
     model, criterion = build_twin(tmp_path, _source(c, fixture.meta["expert_hidden"]))
-    load_exact(model, _layouts(rename(fixture.weights, RULES), c["vision_num_heads"], c["text_num_heads"],
-                               fixture.meta["num_experts"]))
+    state = _layouts(rename(fixture.weights, RULES), c["vision_num_heads"], c["text_num_heads"],
+                     fixture.meta["num_experts"])
+    load_exact(model, {f"aimv2_moe.{k}": v for k, v in state.items()})  # names start with the model's
     scores, hooks = _router_scores(model)
     inputs = {k: fixture.inputs[k] for k in ("image", "text", "prefix_len")}
     out, total, logs = run(model, criterion, inputs)
@@ -194,8 +195,8 @@ def test_aimv2_moe_init_statistics(tmp_path, fixture):
     c = fixture.meta["init_statistics_constants"]
     torch.manual_seed(c["seed"])
     model, _ = build_twin(tmp_path, _source(c))  # the def's own expert hidden size (the YAML's rounding)
-    assert model.encoder.trunk.blocks.layers[0].mlp.hidden == c["expert_hidden"]
-    compared = compare_groups(fixture.meta["init_statistics"], model.state_dict(), GROUPS)
+    assert model.aimv2_moe.encoder.trunk.blocks.layers[0].mlp.hidden == c["expert_hidden"]
+    compared = compare_groups(fixture.meta["init_statistics"], model.state_dict(), GROUPS, root="aimv2_moe")
     assert compared["experts w1, v1"][0]["std"] == pytest.approx(0.02, rel=0.02)  # N(0, 0.02), as megablocks'
 
 
@@ -222,7 +223,7 @@ def test_aimv2_moe_top2_matches_the_original(tmp_path, fixture):
     model, criterion = build_twin(tmp_path, TOP2.format(**c, hidden=fixture.meta["expert_hidden"], balance=balance))
     state = _layouts(rename(fixture.weights, RULES), c["vision_num_heads"], c["text_num_heads"],
                      fixture.meta["num_experts"])
-    load_exact(model, {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})
+    load_exact(model, {k: v for k, v in state.items() if k.startswith("encoder.")})  # the model is `encoder`
     out, total, logs = run(model, criterion, {k: fixture.inputs[k] for k in ("image", "prefix_len")})
     diffs = {"features": max_abs_diff(out["features"], fixture.outputs["top2_features"]),
              "loss_balance": max_abs_diff(logs["balance"], fixture.outputs["top2_loss_balance"])}

@@ -58,7 +58,7 @@ RULES = [
 
 def text_positions(state: dict) -> dict:
     """The original's text positions are `[N, D]`; l3m's PosEmbed holds `[1, N, D]`."""
-    key = "text.preprocessor.pos.pos"
+    key = "clip.text.preprocessor.pos.pos"
     return {**state, key: state[key][None]}
 
 
@@ -75,7 +75,7 @@ def build(tmp_path, c: dict, eos: int):
 def run(model, criterion, inputs: dict) -> tuple[dict, torch.Tensor]:
     """Outputs, loss, and the two trunks' final-normed tokens (captured by hooks)."""
     trunks = {}
-    hooks = [getattr(model, tower).trunk.blocks.register_forward_hook(
+    hooks = [getattr(model.clip, tower).trunk.blocks.register_forward_hook(
         lambda _m, _a, out, tower=tower: trunks.__setitem__(tower, out[0])) for tower in ("image", "text")]
     try:
         with torch.no_grad():
@@ -95,7 +95,7 @@ def fx() -> Fixture:
 @pytest.fixture()
 def loaded(tmp_path, fx):
     model, criterion = build(tmp_path, fx.meta["constants"], fx.meta["eos_token_id"])
-    load_exact(model, rename(fx.weights, RULES), text_positions)
+    load_exact(model, rename(fx.weights, RULES, root="clip"), text_positions)
     return model, criterion
 
 
@@ -128,13 +128,13 @@ def test_eos_pooling_reads_the_original_position(loaded, fx):
     last = [max((i for i, t in enumerate(row.tolist()) if t == eos), default=text.shape[1] - 1) for row in text]
     assert first != last  # the fixture's captions tell first from last
     pooled = out["text_tokens"][torch.arange(text.shape[0]), torch.tensor(first)]
-    proj = model.text.head.proj.proj
+    proj = model.clip.text.head.proj.proj
     assert max_abs_diff(torch.nn.functional.normalize(proj(pooled), dim=-1), out["text_emb"]) <= TOLERANCE
 
 
 def test_logit_scale_is_clamped_as_the_original(loaded, fx):
     model, criterion = loaded
-    head = model.image.head.proj
+    head = model.clip.image.head.proj
     assert head.logit_scale_max == pytest.approx(fx.weights["models.image_encoder.head.max_log_logit_scale"].item())
     with torch.no_grad():
         head.logit_scale.fill_(5.0)  # above log(100): the original clamps it before use
@@ -183,6 +183,6 @@ def test_initialisation_matches_the_original(tmp_path, fx):
     stats = {k: v for k, v in fx.meta["init_statistics"].items() if not k.endswith("max_log_logit_scale")}
     for bound in ("models.image_encoder.head.max_log_logit_scale", "models.text_encoder.head.max_log_logit_scale"):
         assert fx.meta["init_statistics"][bound]["mean"] == pytest.approx(math.log(100.0))
-    compared = compare_groups(stats, model.state_dict(), GROUPS)
+    compared = compare_groups(stats, model.state_dict(), GROUPS, root="clip")
     assert len(compared) == len(GROUPS)
     assert compared["logit scale"][1]["mean"] == pytest.approx(math.log(1 / 0.07))

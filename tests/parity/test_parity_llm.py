@@ -68,7 +68,7 @@ def fx() -> Fixture:
 
 def loaded(tmp_path, fx, loss_args: str = ""):
     net, criterion = build(tmp_path, fx.meta["constants"], fx.meta["model_overrides"], loss_args)
-    load_exact(net, rename(fx.weights, RULES), regroup_qkv(fx.meta["model_overrides"]["num_heads"]))
+    load_exact(net, rename(fx.weights, RULES, root="llm"), regroup_qkv(fx.meta["model_overrides"]["num_heads"]))
     return net, criterion
 
 
@@ -81,7 +81,7 @@ def forward(net, criterion, text: torch.Tensor) -> tuple[dict, torch.Tensor]:
 
 def test_position_table_is_the_original(tmp_path, fx):
     net, _ = loaded(tmp_path, fx)
-    mine = net.preprocessor.pos.pos
+    mine = net.llm.preprocessor.pos.pos
     assert max_abs_diff(mine, fx.weights["preprocessor.pos_embed"]) <= 1e-6
     # Its first quarter encodes the constant column 0 (sin 0), the second quarter cos 0.
     d = mine.shape[-1]
@@ -135,7 +135,7 @@ def test_initialisation_matches_the_original(tmp_path, fx):
     torch.manual_seed(c["seed"])
     net, _ = build(tmp_path, c, c)
     stats = {k: v for k, v in fx.meta["init_statistics"].items() if k != "preprocessor.pos_embed"}
-    compared = compare_groups(stats, net.state_dict(), GROUPS)
+    compared = compare_groups(stats, net.state_dict(), GROUPS, root="llm")
     assert len(compared) == len(GROUPS)
     # Depth-scaled: every trunk and head weight has variance 1 / ((1 + depth) * fan_in).
     depth, dim = c["num_blocks"], c["embed_dim"]

@@ -52,7 +52,7 @@ def fx() -> Fixture:
 def test_outputs_and_loss_match_the_original(tmp_path, fx):
     c = fx.meta["constants"]
     model, criterion = build(tmp_path, c, fx.meta["nb_classes"])
-    load_exact(model, rename(fx.weights, RULES))
+    load_exact(model, rename(fx.weights, RULES, root="vit"))
     with torch.no_grad():
         d = model({"image": fx.inputs["image"]})
         loss, logs = criterion({**d, "label": fx.inputs["target"]})
@@ -90,5 +90,5 @@ def test_initialisation_matches_the_original(tmp_path, fx):
     c = fx.meta["init_statistics_constants"]
     torch.manual_seed(c["seed"])
     model, _ = build(tmp_path, c, c["nb_classes"])
-    compared = compare_groups(fx.meta["init_statistics"], model.state_dict(), GROUPS)
+    compared = compare_groups(fx.meta["init_statistics"], model.state_dict(), GROUPS, root="vit")
     assert len(compared) == len(GROUPS)

@@ -116,7 +116,7 @@ def test_checkpoint_contents(llm, tmp_path):
     assert state["loader"]["batch"] == 2 and state["loader"]["epoch"] == 0
     assert state["schedule"]["last_epoch"] == 2
     keys = tensor_keys(state)
-    assert "model/trunk.blocks.layers.0.attn.qkv.weight" in keys  # parameter names follow the file
+    assert "model/gpt.trunk.blocks.layers.0.attn.qkv.weight" in keys  # parameter names are the paths `plan` prints
     assert not any(".block." in k for k in keys)
     assert any(k.startswith("optim/state/model.") and k.endswith("/exp_avg") for k in keys)
     rng = json.loads((path / "rank_0.json").read_text())["rng"]

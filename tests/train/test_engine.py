@@ -110,17 +110,17 @@ def test_eval_on_held_out_sources_and_eval_command(digits, tmp_path, capsys):
 
 def test_freeze_keeps_parameters_fixed(digits, tmp_path):
     run = tmp_path / "run"
-    ov = ['train.freeze=["preprocessor.*"]', "train.steps=4", "train.checkpoint_every=1", "train.keep=0",
+    ov = ['train.freeze=["vit.preprocessor.*"]', "train.steps=4", "train.checkpoint_every=1", "train.keep=0",
           "train.eval_every=0"]
     assert train_main(str(digits), ov, output=str(run)) == 0
     from l3m.train.checkpoint import load_model_tensors
 
     first = load_model_tensors(run / "ckpt" / "step_000001")
     last = load_model_tensors(run / "ckpt" / "step_000004")
-    frozen = [k for k in first if k.startswith("preprocessor.")]
+    frozen = [k for k in first if k.startswith("vit.preprocessor.")]
     assert frozen
     assert all(torch.equal(first[k], last[k]) for k in frozen)
-    assert any(not torch.equal(first[k], last[k]) for k in first if k.startswith("head."))
+    assert any(not torch.equal(first[k], last[k]) for k in first if k.startswith("vit.head."))
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])

@@ -63,7 +63,7 @@ def test_export_errors(trained, tmp_path):
 def test_filters_and_renames(llm, trained, tmp_path):
     weights = final_weights(trained)
     # A foreign checkpoint: other prefixes, a head we do not want, inside a torch file.
-    foreign = {k.replace("trunk.", "encoder.", 1): v for k, v in weights.items()}
+    foreign = {k.replace("gpt.trunk.", "encoder.", 1): v for k, v in weights.items()}
     foreign["extra.head.weight"] = torch.zeros(3)
     path = tmp_path / "foreign.pt"
     torch.save({"model": foreign}, path)
@@ -71,16 +71,16 @@ def test_filters_and_renames(llm, trained, tmp_path):
 
     model = _fresh_model(llm)
     with pytest.raises(ValueError, match="unexpected: extra.head.weight"):
-        load_pretrained(model, path, rename={"encoder.": "trunk."})
-    report = load_pretrained(model, path, rename={"encoder.": "trunk."}, exclude=["extra.*"])
+        load_pretrained(model, path, rename={"encoder.": "gpt.trunk."})
+    report = load_pretrained(model, path, rename={"encoder.": "gpt.trunk."}, exclude=["extra.*"])
     assert report.ok
     assert all(torch.equal(model.state_dict()[k], weights[k]) for k in weights)
 
     fresh = _fresh_model(llm)
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
-    report = load_pretrained(fresh, path, include=["encoder.*"], rename={"encoder.": "trunk."}, strict=False)
-    assert report.loaded and all(k.startswith("trunk.") for k in report.loaded)
-    assert report.missing and all(not k.startswith("trunk.") for k in report.missing)
+    report = load_pretrained(fresh, path, include=["encoder.*"], rename={"encoder.": "gpt.trunk."}, strict=False)
+    assert report.loaded and all(k.startswith("gpt.trunk.") for k in report.loaded)
+    assert report.missing and all(not k.startswith("gpt.trunk.") for k in report.missing)
     assert all(torch.equal(fresh.state_dict()[k], before[k]) for k in report.missing)
 
     wrong = dict(weights)

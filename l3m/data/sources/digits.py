@@ -25,6 +25,7 @@ class DigitsImages(Source):
     """
 
     outputs = ("image", "label")
+    shapes = "-> image: float[B, 3, image_size, image_size], label: long[B] < 10"
 
     def __init__(
         self,
@@ -83,6 +84,7 @@ class DigitsImageText(DigitsImages):
     """
 
     outputs = ("image", "text", "label")
+    shapes = "-> image: float[B, 3, image_size, image_size], text: long[B, seq_len] < tokenizer_vocab, label: long[B] < 10"
     token_policy = "caption"
 
     def __init__(

@@ -98,6 +98,7 @@ class HFDataset(ImageSource):
     """
 
     outputs = ("image?", "text?", "label?")
+    shapes = "-> image: float[B, 3, image_size, image_size], text: long[B, seq_len] < tokenizer_vocab, label: long[B]"
     token_policy = "caption"
 
     def __init__(

@@ -86,6 +86,7 @@ class ImageFolder(ImageSource):
     """
 
     outputs = ("image", "label")
+    shapes = "-> image: float[B, 3, image_size, image_size], label: long[B]"
 
     def __init__(
         self,
@@ -146,6 +147,7 @@ class ImageTextJSONL(ImageSource):
     """
 
     outputs = ("image", "text")
+    shapes = "-> image: float[B, 3, image_size, image_size], text: long[B, seq_len] < tokenizer_vocab"
     token_policy = "caption"
 
     def __init__(

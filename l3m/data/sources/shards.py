@@ -24,8 +24,8 @@ import torch
 
 from l3m.data.errors import DataError
 from l3m.data.prepare.format import DTYPES, ManifestError, read_manifest
+from l3m.data.source_hooks import shards_manifest_tokenizer
 from l3m.data.sources.base import Source, Spec, check_split
-from l3m.data.tokenizers import Tokenizer
 from l3m.registry import register
 
 # Windows read between renewals of the memory maps. What a window touches stays in the process's
@@ -34,21 +34,6 @@ from l3m.registry import register
 # Renewing the maps (a few mmap calls) bounds that to about REMAP_EVERY * 300 KiB; the pages stay
 # in the page cache.
 REMAP_EVERY = 128
-
-
-class ManifestVocab(Tokenizer):
-    """A manifest's tokenizer as far as the checker needs it: its vocabulary size and EOS id."""
-
-    kind = "manifest"
-
-    def __init__(self, name: str, vocab_size: int, eos_id: int | None) -> None:
-        super().__init__(name, vocab_size, {"eos": (eos_id, "")} if eos_id is not None else {})
-
-    def token_to_id(self, token: str) -> int | None:
-        return None
-
-    def id_to_token(self, i: int) -> str | None:
-        return None
 
 
 @register("source")
@@ -60,6 +45,7 @@ class TokenShards(Source):
     """
 
     outputs = ("tokens", "targets", "segments?")
+    shapes = "-> tokens: long[B, seq_len] < tokenizer_vocab, targets: long[B, seq_len] < tokenizer_vocab, segments: long[B, seq_len]"
     token_policy = "manifest"  # the checker reads the vocabulary from the manifest (`manifest_tokenizer`)
 
     def __init__(
@@ -92,12 +78,7 @@ class TokenShards(Source):
         self._ends: dict[int, np.ndarray] = {}
 
     # -- checker -------------------------------------------------------------------------------
-    @staticmethod
-    def manifest_tokenizer(root: str) -> ManifestVocab:
-        """The vocabulary of `root`'s manifest (FileNotFoundError: not there; ValueError: unusable)."""
-        m = read_manifest(root)
-        tok = m["tokenizer"]
-        return ManifestVocab(str(tok.get("name", root)), int(tok["vocab_size"]), tok["eos_id"])
+    manifest_tokenizer = staticmethod(shards_manifest_tokenizer)  # the vocabulary of root's manifest
 
     # -- layout --------------------------------------------------------------------------------
     def _load(self) -> tuple:

@@ -23,6 +23,7 @@ class Synthetic(Source):
     """
 
     outputs = ("input", "target")
+    shapes = "@synthetic_source"  # `kind` decides what the ports hold
 
     def __init__(
         self,

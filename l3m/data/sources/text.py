@@ -50,6 +50,7 @@ import torch
 
 from l3m.data import embedded
 from l3m.data.segments import pack_with_ends, window_segments
+from l3m.data.source_hooks import text_port_problem
 from l3m.data.sources.base import Source, Spec, check_split, find_files
 from l3m.data.sources.textindex import ByteRanges, DocIndex
 from l3m.data.tokenizers import load_tokenizer
@@ -66,6 +67,7 @@ class ByteStream(Source):
     """Shared machinery: subclasses only say which documents make up the stream (`docs`)."""
 
     outputs = ("tokens", "targets", "segments?")
+    shapes = "-> tokens: long[B, seq_len] < tokenizer_vocab, targets: long[B, seq_len] < tokenizer_vocab, segments: long[B, seq_len]"
     token_policy = "stream"  # how `tokenizer` encodes text (read by the checker too)
     _separator = b""  # between documents in a byte stream
 
@@ -250,17 +252,7 @@ class ByteStream(Source):
             spec["segments"] = ((self.seq_len,), torch.long)
         return spec
 
-    @staticmethod
-    def port_problem(port: str, args: dict) -> str | None:
-        """Why a source called with `args` (its constructor's arguments, defaults filled) cannot give
-        `port`, or None; read by `l3m lint` (`l3m.dsl.datacheck`)."""
-        if port != "segments":
-            return None
-        if args.get("tokenizer") == "bytes":
-            return "segments are the documents of a packed stream: they need a real tokenizer, not \"bytes\""
-        if args.get("pack") is False:
-            return "with pack = false every sample is one document: there are no segments to give"
-        return None
+    port_problem = staticmethod(text_port_problem)  # read by `l3m lint` (`l3m.dsl.datacheck`)
 
 
 @register("source")

@@ -30,13 +30,13 @@ import numpy as np
 import torch
 
 from l3m.data.errors import DataError, guarded, scan_error
+from l3m.data.source_hooks import WEBDATASET_PORTS as _PORTS
+from l3m.data.source_hooks import webdataset_port_problem
 from l3m.data.sources.base import Spec, find_files
 from l3m.data.sources.captions import caption_encoder, encode, require
 from l3m.data.sources.images import ImageSource
 from l3m.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Interpolation, load_rgb
 from l3m.registry import register
-
-_PORTS = ("image", "text", "label")
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -128,6 +128,7 @@ class WebDataset(ImageSource):
     """
 
     outputs = ("image?", "text?", "label?")
+    shapes = "-> image: float[B, 3, image_size, image_size], text: long[B, seq_len] < tokenizer_vocab, label: long[B]"
     token_policy = "caption"
 
     def __init__(
@@ -173,15 +174,7 @@ class WebDataset(ImageSource):
         if "text" in self.wanted:
             self.encoder = caption_encoder(type(self).__name__, tokenizer, seq_len, text_clean, pad_token)
 
-    @staticmethod
-    def port_problem(port: str, args: dict) -> str | None:
-        """Why a port bound in the file is one these arguments switch off (read by `l3m lint`):
-        the ports are optional, so a positional `-> image, label` binds `label` to the `text` port."""
-        ext = {p: f"{p}_ext" for p in _PORTS}.get(port)
-        if ext is None or not isinstance(args.get(ext), str) or args[ext].strip():
-            return None
-        return (f"{ext} is empty, so there is no '{port}' member to read; set {ext}, or bind the ports by name: "
-                "`-> (image = image, label = label)` (a positional list binds image, text, label in that order)")
+    port_problem = staticmethod(webdataset_port_problem)  # read by `l3m lint` (`l3m.dsl.datacheck`)
 
     @cached_property
     def index(self) -> ShardIndex:

@@ -52,6 +52,11 @@ class PatchEmbed(nn.Module):
     """Cuts an image into non-overlapping patches and projects each to `dim` (raster order)."""
 
     outputs = ("x",)
+    shapes = "image: float[B, in_chans, H, W] -> x: float[B, (H // patch) * (W // patch), dim]"
+    checks = (
+        ("patch >= 1", "patch ({patch}) must be at least 1"),
+        ("H % patch == 0 and W % patch == 0", "the image ({H}x{W}) does not divide into patches of {patch}x{patch}"),
+    )
 
     def __init__(
         self,
@@ -118,6 +123,7 @@ class TokenEmbedding(nn.Module):
     """Token ids `[B, N]` to vectors `[B, N, dim]`; `.weight` is what an LMHead may tie to."""
 
     outputs = ("x",)
+    shapes = "tokens: long[...] < vocab -> x: float[..., dim]"
 
     def __init__(self, vocab: int, dim: int, init_std: float = 0.02, init: Literal["normal", "uniform"] = "normal",
                  init_bound: float = 0.1):
@@ -145,6 +151,16 @@ class PosEmbed(nn.Module):
     """
 
     outputs = ("x",)
+    shapes = "x: float[B, N, dim] -> x: float[B, N, dim]"
+    checks = (
+        ("num + offset >= N", "the position table (num = {num}, from offset {offset}) is shorter than the {N} "
+         "tokens it is added to (a cls token not counted?)"),
+        ("offset <= N", "offset ({offset}) is past the {N} tokens it is added to"),
+        ("dim % 2 == 0 or kind != 'sincos1d'", "kind = sincos1d needs an even dim, not {dim}"),
+        ("dim % 4 == 0 or kind != 'sincos2d'", "kind = sincos2d needs a dim divisible by 4, not {dim}"),
+        ("len(grid) == 2 and min(grid) * max(grid) == num or kind != 'sincos2d'",
+         "grid ({grid}) must be [h, w] with h * w = num ({num})"),
+    )
     cp = None  # under context parallelism (l3m.dist.cp), x is one rank's slice of the sequence
 
     def __init__(
@@ -207,6 +223,7 @@ class ClsToken(nn.Module):
     """Prepends a learned cls token and `num_registers` register tokens: `[cls, regs..., x]`."""
 
     outputs = ("x",)
+    shapes = "x: float[B, N, dim] -> x: float[B, N + 1 + num_registers, dim]"
 
     def __init__(self, dim: int, num_registers: int = 0, init_std: float = 0.02,
                  init: Literal["trunc_normal", "normal"] = "trunc_normal"):

@@ -31,6 +31,7 @@ class MLP(nn.Module):
     """`w2(act(w1 x))`, or with `glu` the gated `w2(act(w1 x) * w3 x)` (SwiGLU for act="silu")."""
 
     outputs = ("x",)
+    shapes = "@mlp"  # out_dim defaults to dim
 
     def __init__(
         self,

@@ -24,6 +24,7 @@ class Classifier(nn.Module):
     """An optional norm and a linear map to class logits, on `[B, dim]` or per token `[B, N, dim]`."""
 
     outputs = ("logits",)
+    shapes = "x: float[..., dim] -> logits: float[..., num_classes]"
 
     def __init__(
         self,
@@ -49,6 +50,10 @@ class AttentionPoolClassifier(nn.Module):
     """Attention pooling of the tokens, then a Classifier (AIM's attentive probe)."""
 
     outputs = ("logits",)
+    shapes = "x: float[B, N, dim] -> logits: float[B, num_classes]"
+    checks = (
+        ("heads >= 1 and dim % heads == 0", "heads ({heads}) must divide dim ({dim})"),
+    )
 
     def __init__(
         self,
@@ -81,6 +86,13 @@ class PixelDecoder(nn.Module):
     """
 
     outputs = ("x",)
+    shapes = "x: float[B, N, dim] -> x: float[B, N, out_dim]"
+    checks = (
+        ("heads >= 1 and hidden % heads == 0 or depth == 0 or not attention",
+         "heads ({heads}) must divide hidden ({hidden}) for the decoder's attention"),
+        ("(hidden // heads) % 2 == 0 or depth == 0 or not attention or not rope",
+         "rope needs an even head size, but hidden // heads = {hidden} // {heads} is odd"),
+    )
 
     def __init__(
         self,
@@ -128,6 +140,7 @@ class ClipProjection(nn.Module):
     """
 
     outputs = ("emb", "logit_scale?")
+    shapes = "x: float[..., in_dim] -> emb: float[..., out_dim], logit_scale: float[]"
 
     def __init__(
         self,
@@ -174,6 +187,7 @@ class LMHead(nn.Module):
     """
 
     outputs = ("logits",)
+    shapes = "x: float[..., dim] -> logits: float[..., vocab]"
 
     def __init__(
         self,

@@ -20,6 +20,7 @@ class Linear(nn.Linear):
     """
 
     outputs = ("x",)
+    shapes = "x: float[..., in_features] -> x: float[..., out_features]"
 
     def __init__(
         self,
@@ -48,6 +49,7 @@ class Concat(nn.Module):
     """Concatenates any number of token sequences along the token dimension (dim 1)."""
 
     outputs = ("x",)
+    shapes = "@concat"  # [B, N_i, D] each -> [B, sum N_i, D]
 
     def __init__(self):
         super().__init__()

@@ -53,6 +53,7 @@ class CausalMask(nn.Module):
     """Each token attends to itself and the tokens before it."""
 
     outputs = ("mask",)
+    shapes = "x: [B, N, ...] -> mask: bool[B, 1, N, N]"
     cp = None
 
     def __init__(self):
@@ -72,6 +73,7 @@ class PrefixCausalMask(nn.Module):
     """
 
     outputs = ("mask",)
+    shapes = "x: [B, N, ...], prefix_len: [B] -> mask: bool[B, 1, N, N]"
     cp = None
 
     def __init__(self, offset: int = 0):
@@ -94,6 +96,7 @@ class PaddingMask(nn.Module):
     """
 
     outputs = ("mask",)
+    shapes = "tokens: [B, N] -> mask: bool[B, 1, N, N]"
     cp = None
 
     def __init__(self, pad_id: int = 0):
@@ -127,6 +130,7 @@ class DocumentMask(nn.Module):
     """
 
     outputs = ("mask",)
+    shapes = "@document_mask"  # needs `segments`, or `tokens` with eos_id
     cp = None
 
     def __init__(self, eos_id: int | None = None, impl: Literal["auto", "flex", "dense"] = "auto"):

@@ -57,6 +57,8 @@ class MoE(nn.Module):
     """
 
     outputs = ("x", "aux_loss")
+    shapes = "x: float[..., dim] -> x: float[..., dim], aux_loss: float[]"
+    checks = (("1 <= top_k <= num_experts", "top_k ({top_k}) must be between 1 and num_experts ({num_experts})"),)
 
     def __init__(
         self,

@@ -18,6 +18,7 @@ class LayerNorm(nn.Module):
     """LayerNorm with its own init; `fp32` normalises in float32 and casts back."""
 
     outputs = ("x",)
+    shapes = "x: float[..., dim] -> x: float[..., dim]"
 
     def __init__(self, dim: int, eps: float = 1e-6, fp32: bool = False, bias: bool = True):
         super().__init__()
@@ -48,6 +49,7 @@ class RMSNorm(nn.Module):
     """Root-mean-square norm (no centring, no bias); always computed in float32."""
 
     outputs = ("x",)
+    shapes = "x: float[..., dim] -> x: float[..., dim]"
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()

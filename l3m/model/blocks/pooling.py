@@ -18,6 +18,7 @@ class SelectTokens(nn.Module):
     """Keeps tokens `start:end` (e.g. drops cls/register tokens, or keeps only the image part)."""
 
     outputs = ("x",)
+    shapes = "@select_tokens"  # start/end within the sequence, at least one token
 
     def __init__(self, start: int = 0, end: int | None = None):
         super().__init__()
@@ -32,6 +33,8 @@ class ClsPool(nn.Module):
     """The first token (a cls token)."""
 
     outputs = ("x",)
+    shapes = "x: [B, N, ...] -> x: [B, ...]"
+    checks = (("N >= 1", "x has no token to pool"),)
 
     def __init__(self):
         super().__init__()
@@ -48,6 +51,7 @@ class EosPool(nn.Module):
     the last token."""
 
     outputs = ("x",)
+    shapes = "x: [B, N, ...], tokens: long[B, N] -> x: [B, ...]"
 
     def __init__(self, eos_id: int, which: Literal["first", "last"] = "first"):
         super().__init__()
@@ -72,6 +76,8 @@ class AvgPool(nn.Module):
     """The mean of tokens `start:` (start > 0 skips cls/register tokens)."""
 
     outputs = ("x",)
+    shapes = "x: [B, N, ...] -> x: [B, ...]"
+    checks = (("start < N", "start ({start}) leaves none of the {N} tokens to average"),)
 
     def __init__(self, start: int = 0):
         super().__init__()
@@ -87,6 +93,8 @@ class AttentionPool(nn.Module):
     (the attentive probe of AIM)."""
 
     outputs = ("x",)
+    shapes = "x: float[B, N, dim] -> x: float[B, dim]"
+    checks = (("heads >= 1 and dim % heads == 0", "heads ({heads}) must divide dim ({dim})"),)
 
     def __init__(
         self,

@@ -101,6 +101,17 @@ class Transformer(nn.Module):
     """
 
     outputs = ("x", "aux_loss?", "hidden?")
+    shapes = "@transformer"  # context: [B, M, context_dim or dim]; heads | dim unless head_dim; even head_dim with rope
+    checks = (
+        ("heads >= 1", "heads ({heads}) must be at least 1"),
+        ("kv_heads >= 1 and heads % kv_heads == 0", "kv_heads ({kv_heads}) must divide heads ({heads})"),
+        ("1 <= top_k <= num_experts or moe_every == 0",
+         "top_k ({top_k}) must be between 1 and num_experts ({num_experts})"),
+        ("attention or mlp != 'none' or cross_attention", "a transformer layer needs attention or an mlp"),
+        ("not identity_attn or not attention", "identity_attn replaces self-attention: it needs attention = false"),
+        ("moe_every == 0 or mlp != 'none'", "moe_every ({moe_every}) needs an mlp to replace (mlp = none)"),
+        ("0 <= return_hidden <= depth", "return_hidden ({return_hidden}) must be between 0 and depth ({depth})"),
+    )
 
     def __init__(
         self,
@@ -155,6 +166,9 @@ class Transformer(nn.Module):
             raise ValueError("moe_every needs an mlp to replace")
         if not 0 <= return_hidden <= depth:
             raise ValueError(f"return_hidden={return_hidden} must be between 0 and depth={depth}")
+        if head_dim is None and (attention or cross_attention) and dim % heads:
+            # the heads would silently cover only heads * (dim // heads) of the width
+            raise ValueError(f"heads ({heads}) must divide dim ({dim}), or give head_dim")
         head_dim = head_dim or dim // heads
         self.dim, self.depth, self.causal = dim, depth, causal
         self.moe_aux_scale, self.return_hidden = moe_aux_scale, return_hidden
