@@ -56,25 +56,24 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(max(1, n))
 
 
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    import torch
-
+def machine(with_torch: bool = True) -> dict[str, Any]:
+    """What the numbers were measured on (`with_torch=False`: for benchmarks of processes that never load it)."""
     cpu = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
+    threads, version = 0, None
+    if with_torch:
+        import torch
+
+        threads, version = torch.get_num_threads(), torch.__version__
+    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "torch": version,
+            "python": platform.python_version(),
+            "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    return info if with_torch else {k: v for k, v in info.items() if k != "torch"}
 
 
 def write(path: Path | None, data: Mapping[str, Any], started: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, out_path, parser, summary, write
+from common import ROOT, machine, out_path, parser, summary, write
 
 sys.path.insert(0, str(ROOT / "tests" / "lsp"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -60,23 +60,6 @@ def typo(text: str) -> str:
                 lines[j] = lines[j].replace(marker, marker[:-1] + "xq", 1)
                 return "\n".join(lines)
     raise AssertionError("no line to misspell")
-
-
-def machine() -> dict:
-    """`common.machine()` without torch: the server never loads it, so neither does its benchmark."""
-    import datetime
-    import os
-    import platform
-
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": 0, "python": platform.python_version(),  # no torch
-            "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -152,7 +135,7 @@ def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--edits", type=int, default=30)
     args = ap.parse_args()
-    started = machine()
+    started = machine(with_torch=False)
     sizes = [100] if args.quick else [100, 300, 1000]
     edits = 2 if args.quick else args.edits
     pause = 0.05 if args.quick else 0.3

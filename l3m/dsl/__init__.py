@@ -76,10 +76,7 @@ def _compile(path: str, overrides, world_size: int | None, extensions: tuple[str
     flow = shapes = None
     if res.program is not None and not any(d.code in ("E001", "E002", "E004") for d in diags):
         flow, more, shapes = check_all(res.program, world_size)
-        said = {(d.code, str(d.span)) for d in diags if d.span is not None}
-        # one message per code and place (the resolver and a later check may both see a bad name)
-        diags += [d for d in place_in_root(res.program, more, res.chains)
-                  if d.span is None or (d.code, str(d.span)) not in said]
+        diags += place_in_root(res.program, more, res.chains)
     diags.sort(key=lambda d: (d.span.file if d.span else "", d.span.line if d.span else 0,
                               d.span.col if d.span else 0))
     return Compiled(res.program, flow, diags, res.sources, extensions_imported=import_extensions, shapes=shapes)

@@ -7,15 +7,16 @@ said at lint (E503) rather than when the model is built. Torch-free.
 
 from __future__ import annotations
 
+from l3m.config import SECTION_SCHEMAS
 from l3m.dsl.diagnostics import Diagnostic
-from l3m.dsl.ir import Program
-from l3m.model.naming import RESERVED
+from l3m.dsl.ir import ModelInfo, Program
+from l3m.model.naming import RESERVED, ROLE_ROOTS
 
 
 def check_names(program: Program) -> list[Diagnostic]:
     diags = []
     for m in program.models:
-        if m.name in RESERVED:
+        if m.name in RESERVED and not _refused_by_resolver(m):
             diags.append(Diagnostic("E503", f"a model cannot be named '{m.name}': the built model has an attribute "
                                     "of that name", m.span, "rename the model"))
     for n in program.blocks:
@@ -23,3 +24,8 @@ def check_names(program: Program) -> list[Diagnostic]:
             diags.append(Diagnostic("E503", f"a block cannot be named '{n.name}': the built model has an attribute "
                                     "of that name", n.span, "rename the block"))
     return diags
+
+
+def _refused_by_resolver(m: ModelInfo) -> bool:
+    """A root model named like a section or role (`train`) already has its E503 from the override rules."""
+    return m.parent is None and (m.name in ROLE_ROOTS or m.name in SECTION_SCHEMAS)

@@ -126,3 +126,15 @@ def test_every_attribute_of_the_built_containers_is_reserved():
 
     live = {n for n in {*dir(MetaModel), *vars(MetaModel([])), *dir(Stage), *vars(Stage())} if not n.startswith("_")}
     assert live <= naming.RESERVED, sorted(live - naming.RESERVED)
+
+
+def test_a_model_named_train_gets_one_e503_through_the_cli(tmp_path):
+    """`train` is both a section and an attribute of torch modules: one message, from the real CLI."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.l3m"
+    path.write_text(VIT.replace("model vit =", "model train ="))
+    proc = subprocess.run([sys.executable, "-m", "l3m", "lint", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.count("error[E503]") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
