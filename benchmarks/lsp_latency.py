@@ -4,9 +4,12 @@ text, on files of 100 to 1,000 lines (target: 100 ms at 1,000 lines). Measured a
 the debounce, the compile, the conversion and JSON-RPC). Each edit alternately introduces a typo in
 a key the file reads (one E101) and fixes it, with a pause between edits so that each is compiled on
 its own; then as many edits only type in a comment (which moves no token, so the server re-publishes
-the last result without compiling). The server's CPU time per edit is read from /proc too (on a shared machine, other processes
-inflate wall time far more than CPU time), and the same texts are compiled in this process, to tell
-the compiler's share from the server's. Writes benchmarks/results/lsp_latency.json.
+the last result without compiling), and as many that insert or delete an empty line halfway down (every
+piece below it moves one line). The server parses incrementally (`l3m/lsp/incremental.py`): an edit
+re-parses the node it touched, and node calls that nothing changed are replayed (`l3m/lsp/resolve_memo.py`). The server's CPU time per edit is read from /proc too (on a shared
+machine, other processes inflate wall time far more than CPU time), and the same texts are compiled in
+this process, parsing whole and incrementally, to tell the compiler's share from the server's. Writes
+benchmarks/results/lsp_latency.json.
 
     python benchmarks/lsp_latency.py            # 4 files x 30 edits
     python benchmarks/lsp_latency.py --quick    # a smoke run
@@ -74,17 +77,35 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def in_process(text: str, path: Path, repeats: int) -> tuple[list[float], list[float]]:
-    """Wall and CPU milliseconds of compiling the text here, without the server."""
+def in_process(texts: list[str], path: Path, repeats: int, incremental: bool = False) -> tuple[list[float], list[float]]:
+    """Wall and CPU milliseconds of compiling the texts (in turn) here, without the server; `incremental`:
+    with one incremental parser and node-call memo throughout, as the server compiles (the first compile,
+    which has nothing to reuse, not timed)."""
     from l3m.lsp.documents import compile_text
+    from l3m.lsp.incremental import IncrementalParser
+    from l3m.lsp.resolve_memo import ResolveMemo
 
+    parser, memo = (IncrementalParser(), ResolveMemo()) if incremental else (None, None)
+    if parser is not None:
+        compile_text(str(path), texts[-1], parser=parser, memo=memo)
     wall, cpu = [], []
-    for _ in range(repeats):
+    for k in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
-        compile_text(str(path), text)
+        compile_text(str(path), texts[k % len(texts)], parser=parser, memo=memo)
         wall.append(1000 * (time.perf_counter() - t0))
         cpu.append(1000 * (time.process_time() - c0))
     return wall, cpu
+
+
+def _rounded(xs: list[float]) -> dict:
+    return {k: round(v, 1) if isinstance(v, float) else v for k, v in summary(xs).items()}
+
+
+def newline(text: str) -> str:
+    """The text with an empty line inserted halfway down."""
+    lines = text.split("\n")
+    lines.insert(len(lines) // 2, "")
+    return "\n".join(lines)
 
 
 def measure(client: LspClient, root: Path, name: str, text: str, edits: int, pause: float) -> dict:
@@ -118,7 +139,17 @@ def measure(client: LspClient, root: Path, name: str, text: str, edits: int, pau
         client.change(uri, version, text.replace("\n", f"  # note {k}\n", 1))
         client.wait_diagnostics(uri, version, timeout=120)
         comment_ms.append(1000 * (time.perf_counter() - t0))
-    compile_ms, compile_cpu_ms = in_process(text, path, max(3, edits // 3))
+    newline_ms = []  # Enter pressed (and undone) halfway down: the pieces below move one line
+    for k in range(edits):
+        version += 1
+        time.sleep(pause)
+        t0 = time.perf_counter()
+        client.change(uri, version, newline(text) if k % 2 == 0 else text)
+        client.wait_diagnostics(uri, version, timeout=120)
+        newline_ms.append(1000 * (time.perf_counter() - t0))
+    compile_ms, compile_cpu_ms = in_process([text], path, max(3, edits // 3))
+    _, incremental_cpu_ms = in_process([broken, text], path, max(4, edits // 2), incremental=True)
+    _, moved_cpu_ms = in_process([newline(text), text], path, max(4, edits // 2), incremental=True)
     return {"file": name, "lines": text.count("\n"), "cold_open_ms": round(cold, 1),
             "edit_ms": {k: round(v, 1) if isinstance(v, float) else v for k, v in summary(latencies).items()},
             "comment_edit_ms": {k: round(v, 1) if isinstance(v, float) else v for k, v in summary(comment_ms).items()},
@@ -128,6 +159,9 @@ def measure(client: LspClient, root: Path, name: str, text: str, edits: int, pau
             "compile_in_process_ms": {k: round(v, 1) if isinstance(v, float) else v for k, v in summary(compile_ms).items()},
             "compile_in_process_cpu_ms": {k: round(v, 1) if isinstance(v, float) else v
                                           for k, v in summary(compile_cpu_ms).items()},
+            "newline_edit_ms": _rounded(newline_ms),
+            "compile_incremental_cpu_ms": _rounded(incremental_cpu_ms),
+            "compile_incremental_moved_cpu_ms": _rounded(moved_cpu_ms),
             "met": statistics.median(latencies) <= TARGET_MS}
 
 
@@ -154,7 +188,10 @@ def main() -> None:
                       f"(min {row['edit_ms']['min']:.0f}, max {row['edit_ms']['max']:.0f}); server CPU "
                       f"{(row['server_cpu_per_edit_ms'] or {}).get('median', float('nan')):.0f} ms; compile alone "
                       f"{row['compile_in_process_ms']['median']:.0f} ms ({row['compile_in_process_cpu_ms']['median']:.0f} "
-                      f"ms CPU); cold open {row['cold_open_ms']:.0f} ms; comment edit {row['comment_edit_ms']['median']:.0f} ms")
+                      f"ms CPU); incremental {row['compile_incremental_cpu_ms']['median']:.0f} ms CPU "
+                      f"({row['compile_incremental_moved_cpu_ms']['median']:.0f} ms with lines moved); cold open "
+                      f"{row['cold_open_ms']:.0f} ms; comment edit {row['comment_edit_ms']['median']:.0f} ms; "
+                      f"newline edit {row['newline_edit_ms']['median']:.0f} ms")
         finally:
             client.close()
     from l3m.lsp.server import DEBOUNCE_S

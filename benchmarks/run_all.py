@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ("frontend", "lint_speed", "overhead", "throughput", "torch_compile", "parallel", "checkpointing", "dataloading",
-           "train_examples", "lsp_latency")
+           "train_examples", "lsp_latency", "generate_speed", "memory_plan", "peers")
 
 
 def main(argv: list[str] | None = None) -> int:

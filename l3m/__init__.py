@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from l3m.dsl.diagnostics import CompileError
 from l3m.registry import register
 
 __version__ = "0.1.0"
@@ -28,4 +29,24 @@ def load(path: str, overrides: list[str] | tuple[str, ...] = (), world_size: int
     return compiled
 
 
-__all__ = ["load", "register", "__version__"]
+def export(source, out, format: str = "safetensors", *, file=None, overrides=(), dtype=None, ema: bool = False):
+    """Export a run, checkpoint or weights file: "safetensors" (l3m's names), "hf" (a Hugging Face
+    Llama folder `transformers` loads) or "timm" (a timm ViT folder). See `l3m.interop.export`;
+    returns its `ExportResult` (files written, step, notes)."""
+    from l3m.interop.export import export as _export
+
+    return _export(source, out, format, file=file, overrides=overrides, dtype=dtype, ema=ema)
+
+
+def generate(source, prompts, *, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
+             seed: int = 0, use_cache: bool = True, image=None, file=None, overrides=(), device=None) -> list[str]:
+    """Continue `prompts` (a string or a list, batched) with the decoder of a run, checkpoint or
+    weights file (`file`: its program), tokenized as the run's data was; greedy at temperature 0,
+    else nucleus sampling (`top_p`) reproducible by `seed`. See `l3m.generation.api`."""
+    from l3m.generation.api import generate as _generate
+
+    return _generate(source, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                     seed=seed, use_cache=use_cache, image=image, file=file, overrides=overrides, device=device)
+
+
+__all__ = ["CompileError", "export", "generate", "load", "register", "__version__"]

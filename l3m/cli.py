@@ -18,14 +18,14 @@ from pathlib import Path
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
 
 
-def _world_size(text: str) -> int:
-    """`--world-size N`: a number of processes, so a positive integer (argparse exits 2 otherwise)."""
+def positive_int(text: str) -> int:
+    """An argparse type for counts (`--world-size`, `--nnodes`, `--steps`): argparse exits 2 otherwise."""
     try:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive number of processes, got {n}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {n}")
     return n
 
 
@@ -36,7 +36,9 @@ def _split(items: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _color(stream) -> bool:
-    return stream.isatty() and "NO_COLOR" not in os.environ
+    from l3m.term import color_enabled
+
+    return color_enabled(stream)
 
 
 def _print_diagnostics(compiled, fmt: str = "text", stream=None) -> None:
@@ -147,6 +149,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if len(files) != 1:
         print("l3m plan: give exactly one .l3m file", file=sys.stderr)
         return EXIT_USAGE
+    if args.why:
+        return _why(files[0], overrides, args)
+    device = None
+    if args.device:
+        from l3m.devices import lookup, names
+
+        device = lookup(args.device)
+        if device is None:
+            print(f"l3m plan: unknown device {args.device!r}; known: {', '.join(names())}", file=sys.stderr)
+            return EXIT_USAGE
     compiled = _compile(files[0], overrides, args.world_size, tuple(args.extension), import_extensions=True)
     _print_diagnostics(compiled)
     if not compiled.ok:
@@ -157,7 +169,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     try:
         result = plan(compiled.program, world_size=args.world_size or 1, schedule=compiled.flow.model_order(),
-                      shapes=compiled.shapes)
+                      shapes=compiled.shapes, device=device)
     except ProgramError as e:  # a block that cannot be built, a mesh the model cannot be split over
         print(render_text(e.diagnostic, compiled.sources, color=_color(sys.stderr)), file=sys.stderr)
         return EXIT_ERRORS
@@ -165,6 +177,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(format_plan(result))
+    return EXIT_OK
+
+
+def _why(path: str, overrides: list[str], args: argparse.Namespace) -> int:
+    """`plan --why PATH`: compile only (nothing built, extensions read from source), then the value's origin."""
+    from l3m.dsl.why import UnknownPath, explain
+
+    compiled = _compile(path, overrides, args.world_size, tuple(args.extension))
+    _print_diagnostics(compiled)
+    if not compiled.ok:
+        return EXIT_USAGE if _unreadable(compiled) else EXIT_ERRORS
+    try:
+        print(explain(compiled.program, args.why))
+    except UnknownPath as e:
+        print(f"l3m plan: --why: {e}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -220,13 +248,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from l3m.train.api import eval_main
 
     files, overrides = _split(args.items)
+    if getattr(args, "suite", None):  # a standard protocol (l3m.evals): FILE may be a run directory
+        from l3m.evals.cli import main as eval_suite
+
+        if len(files) != 1:
+            print("l3m eval: give one run directory or .l3m file", file=sys.stderr)
+            return EXIT_USAGE
+        return eval_suite(args, files[0], overrides)
     if len(files) != 1:
         print("l3m eval: give exactly one .l3m file", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.checkpoint:
+        print("l3m eval: --checkpoint is required (without --suite)", file=sys.stderr)
         return EXIT_USAGE
     return eval_main(files[0], overrides, checkpoint=args.checkpoint, extensions=tuple(args.extension))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    adapters_only = getattr(args, "adapters_only", False)
+    if adapters_only and (args.format != "safetensors" or args.to or args.dtype):
+        print("l3m export: --adapters-only writes l3m safetensors: it goes without --format, --to and --dtype",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if args.format != "safetensors":
+        if args.to:
+            print("l3m export: --to renames one safetensors file; --format hf/timm writes a folder: give one",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        from l3m.interop.export import cli_main
+
+        return cli_main(args.run, args.out, args.format, args.file, args.overrides, args.dtype,
+                        ema=getattr(args, "ema", False))
+    if args.dtype:
+        print("l3m export: --dtype goes with --format hf or timm (a safetensors export keeps the stored dtypes)",
+              file=sys.stderr)
+        return EXIT_USAGE
     if args.to:
         from l3m.interop import export_main as export_foreign
 
@@ -235,9 +291,16 @@ def cmd_export(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return EXIT_USAGE
         return export_foreign(args.to, args.run, args.file, args.out, args.overrides)
+    from l3m.interop.finetune_export import checkpoint_has_lora
+
+    if adapters_only or checkpoint_has_lora(args.run):  # fine-tuned: LoRA merged, or adapters only
+        from l3m.interop.finetune_export import cli_main as export_finetuned
+
+        return export_finetuned(args.run, args.out, args.file, args.overrides, ema=getattr(args, "ema", False),
+                                adapters_only=adapters_only)
     from l3m.train.api import export_main
 
-    return export_main(args.run, args.out)
+    return export_main(args.run, args.out, ema=getattr(args, "ema", False))
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -260,13 +323,16 @@ def cmd_blocks(args: argparse.Namespace) -> int:
         static.update(found.entries)
     kinds = [args.kind] if args.kind else list(registry.KINDS)
     for kind in kinds:
-        print(f"{kind}s:")
+        print(f"{kind}{'es' if kind.endswith('s') else 's'}:")
         listed = {e.name: e for e in registry.entries(kind)} | {n: e for n, e in static.items() if e.kind == kind}
         for e in sorted(listed.values(), key=lambda e: e.name):
             ins = ", ".join(p.name + ("?" if p.optional else "") for p in e.inputs) if e.inputs is not None else "?"
             outs = ", ".join(p.name + ("?" if p.optional else "") for p in e.outputs) if e.outputs is not None else "?"
             ports = f"  {ins} -> {outs}" if kind in ("block", "generator", "loss", "metric", "source") else ""
             summary = e.doc.splitlines()[0] if e.doc else ""
+            fits = ", ".join(getattr(e, "interfaces", ()) or ())
+            if fits:  # where it may stand as a component argument (`attn = Attention(...)`)
+                ports += f"  [{fits}]"
             print(f"  {e.name}{ports}" + (f"    # {summary}" if summary else ""))
             if args.verbose:
                 print(f"      {e.signature}")
@@ -297,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--extension", action="append", default=[], metavar="MODULE",
                         help="import a Python module of registered blocks (repeatable)")
         if world_size:
-            sp.add_argument("--world-size", type=_world_size, default=None, metavar="N",
+            sp.add_argument("--world-size", type=positive_int, default=None, metavar="N",
                             help="check and plan the mesh for N processes")
 
     s = sub.add_parser("lint", help="static checks of .l3m files (exit 1 on any error)")
@@ -315,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("plan", help="parameters, FLOPs and memory per rank, before any GPU")
     common(s)
     s.add_argument("--format", choices=("text", "json"), default="text")
+    s.add_argument("--why", metavar="PATH", help="print an argument's value and where it came from, e.g. "
+                   "vit.trunk.blocks.attn.pos (compiles only; exit 2 when PATH names nothing)")
+    s.add_argument("--device", metavar="NAME", help="does a training step fit NAME (H100, H200, A100-40GB, "
+                   "A100-80GB, MI300X, L40S, cpu), its step time at 40%% MFU, and what to change if it does not fit")
     s.set_defaults(func=cmd_plan)
 
     s = sub.add_parser("train", help="train what the file declares (also under torchrun)")
@@ -338,17 +408,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-resume", dest="resume", action="store_false", help="start afresh even if checkpoints exist")
     s.set_defaults(func=cmd_rerun)
 
-    s = sub.add_parser("eval", help="evaluate a checkpoint on the file's eval data")
+    s = sub.add_parser("eval", help="evaluate a checkpoint on the file's eval data, or by a standard "
+                       "protocol (--suite)")
     common(s, world_size=False)
-    s.add_argument("--checkpoint", required=True, metavar="PATH", help="a run directory or checkpoint directory")
+    s.add_argument("--checkpoint", metavar="PATH", help="a run directory or checkpoint directory (required "
+                   "without --suite; with --suite, FILE may be a run directory instead)")
+    from l3m.evals.cli import add_suite_arguments
+
+    add_suite_arguments(s)
     s.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("export", help="write a run's latest checkpoint as one safetensors file")
+    s = sub.add_parser("export", help="write a run's latest checkpoint as one safetensors file, or as a "
+                       "Hugging Face (--format hf) / timm (--format timm) model folder")
     s.add_argument("run", metavar="RUN_OR_CHECKPOINT")
-    s.add_argument("out", metavar="OUT.safetensors")
+    s.add_argument("out", metavar="OUT", help="OUT.safetensors, or a folder for --format hf / timm")
+    s.add_argument("--format", choices=("safetensors", "hf", "timm"), default="safetensors",
+                   help="hf: config.json + model.safetensors + tokenizer files of a Llama-style model; "
+                   "timm: a VisionTransformer's model.safetensors + config.json (its model_args)")
+    s.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "fp32", "bf16", "fp16"),
+                   help="with --format hf / timm: cast floating tensors (default: as stored)")
     s.add_argument("--to", choices=("llama", "timm-vit"), help="write under Hugging Face Llama / timm ViT names")
-    s.add_argument("--file", metavar="FILE.l3m", help="with --to: the program the weights belong to")
-    s.add_argument("overrides", nargs="*", metavar="PATH=VALUE", help="with --to: overrides of FILE")
+    s.add_argument("--file", metavar="FILE.l3m", help="the program the weights belong to (needed with --to; "
+                   "--format hf / timm read a run's own record unless given)")
+    s.add_argument("--ema", action="store_true", help="the weight averages of train.ema instead of the weights")
+    s.add_argument("--adapters-only", action="store_true", help="only what fine-tuning trained: the LoRA, "
+                   "Adapter and train.trainable tensors (a full export merges LoRA into the weights)")
+    s.add_argument("overrides", nargs="*", metavar="PATH=VALUE", help="overrides of the program")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("import", help="rename a Hugging Face Llama or timm ViT checkpoint to a .l3m model's names")
@@ -360,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_import)
 
     s = sub.add_parser("blocks", help="list registered blocks, data sources, losses, ...")
-    s.add_argument("--kind", choices=("block", "source", "generator", "loss", "metric", "optimizer", "schedule"))
+    s.add_argument("--kind", choices=("block", "source", "generator", "loss", "metric", "optimizer", "schedule",
+                                      "component"))
     s.add_argument("--extension", action="append", default=[], metavar="MODULE")
     s.add_argument("-v", "--verbose", action="store_true", help="show constructor signatures")
     s.set_defaults(func=cmd_blocks)
@@ -378,6 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
     from l3m.fmt_cli import add_parser as add_fmt_parser
 
     add_fmt_parser(sub)
+    from l3m.generation.cli import add_parser as add_generate_parser
+
+    add_generate_parser(sub)
+    from l3m.launch.cli import add_parsers as add_launch_parsers
+
+    add_launch_parsers(sub)
     s = sub.add_parser("lsp", help="a language server for editors, on stdin/stdout (needs the 'lsp' extra)")
     s.set_defaults(func=cmd_lsp)
     return p

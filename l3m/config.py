@@ -15,7 +15,12 @@ from typing import Any, Literal
 class TrainConfig:
     steps: int = 1000
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
-    compile: bool = False
+    # torch.compile: "blocks" each repeated layer (regional), "model" the whole forward, false/"none" nothing;
+    # true: the whole model in one process, each layer on a mesh (`compile_mode` below)
+    compile: bool | Literal["none", "blocks", "model"] = False
+    # Linear layers in float8 (torchao; a GPU of compute capability >= 8.9): true is "tensorwise" scaling
+    # (l3m.dist.float8 says which layers)
+    float8: bool | Literal["tensorwise", "rowwise"] = False
     grad_clip: float = 0.0  # 0 disables clipping
     grad_accum: int = 1  # micro-batches per rank per optimizer step (the train source's batch_size is global)
     micro_batch: int = 0  # samples per micro-batch per rank; 0: derived (batch_size / (dp ranks × grad_accum))
@@ -33,12 +38,24 @@ class TrainConfig:
     reduce_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     num_workers: int = 0
     freeze: list[str] = field(default_factory=list)  # parameter-name globs kept frozen
+    # With adapters (Lora, Adapter) in the model only they train, and what these globs name (a new head);
+    # without adapters, only what these globs name trains (l3m.model.adapters).
+    trainable: list[str] = field(default_factory=list)
     # Pretrained weights (safetensors or a weights-only torch file) loaded before step 0 of a new run,
-    # for fine-tuning and probing: which tensors (globs) and "old.prefix=new.prefix" renames.
-    init_from: str = ""
+    # for fine-tuning and probing: which tensors (globs) and "old.prefix=new.prefix" renames. A list loads
+    # several files in order, a later file's tensor winning (a base model, then its fine-tuned adapters).
+    init_from: str | list[str] = ""
     init_include: list[str] = field(default_factory=list)
     init_exclude: list[str] = field(default_factory=list)
     init_rename: list[str] = field(default_factory=list)
+    # An exponential moving average of the trainable weights (l3m.train.ema): 0 turns it off; from step
+    # `ema_start` on, ema = ema × decay + weights × (1 - decay) after each optimizer step (before it the
+    # average follows the weights). Kept on the weights' device or on the CPU, saved in checkpoints;
+    # `eval_ema` evaluates (during training and in `l3m eval`) with the averaged weights.
+    ema: float = 0.0
+    ema_start: int = 0
+    ema_device: Literal["same", "cpu"] = "same"
+    eval_ema: bool = False
 
 
 @dataclass
@@ -47,6 +64,9 @@ class MeshConfig:
     dp_shard: int = -1  # -1: what is left of the world size
     tp: int = 1
     cp: int = 1
+    # Expert parallelism: MoE experts split over `ep` ranks taken from dp_shard x cp (not a world dimension
+    # of its own: those ranks hold different tokens, which all-to-all dispatch sends to the experts' owners).
+    ep: int = 1
 
 
 @dataclass
@@ -54,7 +74,8 @@ class LogConfig:
     wandb: Literal["offline", "online", "disabled"] = "offline"
     project: str = "l3m"
     name: str = ""
-    console: Literal["rich", "plain", "none"] = "rich"
+    console: Literal["rich", "plain", "none"] = "rich"  # rich is plain when not a terminal or NO_COLOR is set
+    tensorboard: bool = False  # TensorBoard event files in RUN_DIR/tensorboard (needs the `tensorboard` package)
 
 
 @dataclass
@@ -69,6 +90,23 @@ class DataConfig:
 
     on_error: Literal["raise", "skip"] = "raise"
     max_error_fraction: float = 0.01
+
+
+CompileMode = Literal["none", "blocks", "model"]
+
+
+def compile_mode(setting: bool | str, world_size: int = 1) -> CompileMode:
+    """What `train.compile` compiles. "blocks": each repeated layer on its own (regional compile: one
+    graph reused by every layer, compiled fast); "model": the whole model's forward as one graph;
+    `false` / "none": nothing. `true` keeps its first meaning: the whole model in one process, each
+    layer on a mesh (where FSDP2's hooks sit between the layers)."""
+    if setting is True:
+        return "model" if world_size == 1 else "blocks"
+    if setting in (False, "none"):
+        return "none"
+    if setting in ("blocks", "model"):
+        return setting  # type: ignore[return-value]
+    raise ValueError(f"train.compile must be true, false, 'none', 'blocks' or 'model', not {setting!r}")
 
 
 SECTION_SCHEMAS: dict[str, type] = {"train": TrainConfig, "mesh": MeshConfig, "log": LogConfig, "data": DataConfig}
@@ -110,4 +148,12 @@ def resolve_mesh(mesh: MeshConfig, world_size: int) -> dict[str, int]:
         dims[free[0]] = world_size // fixed
     elif fixed != world_size:
         raise ValueError(f"the mesh dimensions multiply to {fixed}, but the world size is {world_size}")
+    ep = getattr(mesh, "ep", 1)
+    if ep != 1:
+        if not isinstance(ep, int) or ep < 1:
+            raise ValueError(f"mesh size ep = {ep} must be a positive integer")
+        if (dims["dp_shard"] * dims["cp"]) % ep:
+            raise ValueError(f"ep = {ep} must divide dp_shard x cp = {dims['dp_shard'] * dims['cp']}: expert-parallel "
+                             "ranks are taken from the ranks that hold different tokens")
+        dims["ep"] = ep
     return dims

@@ -17,6 +17,9 @@ Conventions of the numbers:
 - Per-rank memory: fp32 master parameters and fp32 gradients (trainable only), sharded over
   `dp_shard × tp` in dim-0 chunks padded as FSDP2 pads them; optimizer state in fp32 per
   trainable parameter (AdamW/Adam: 2, LARS/Lion/SGD with momentum: 1, SGD: 0).
+- Peak memory per rank (`peak_memory`): a whole training step simulated on meta with the run's
+  micro-batch, activation checkpointing, dtype and mesh (`l3m.plan_memory`); with a device
+  (`l3m.devices`), whether it fits and what to change if not.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from l3m.model.build import build_model, entry_for, instantiate, module_path
 from l3m.model.core import MetaModel, bind_ports, params_by_block
 from l3m.model.criterion import build_criterion
 from l3m.model.patterns import unused_no_decay
+from l3m.plan_cp import cp_attention_flops, format_cp_attention
 from l3m.registry import load_builtins, lookup
 
 DTYPES: dict[str, torch.dtype] = {
@@ -71,8 +75,10 @@ def batch_layout(program: Program, dp: int, notes: list[str]) -> dict[str, int] 
 
 
 def plan(program: Program, world_size: int = 1, *, schedule: Sequence[str] | None = None,
-         shapes: Any = None) -> dict[str, Any]:
-    """The plan of `program` on `world_size` ranks, as JSON-able numbers (see the module doc).
+         shapes: Any = None, device: Any = None, peak: bool = True) -> dict[str, Any]:
+    """The plan of `program` on `world_size` ranks, as JSON-able numbers (see the module doc);
+    with `device` (an `l3m.devices.Device`), whether the step fits it and what to change if not;
+    `peak=False` skips the simulated training step (the trainer only wants the FLOPs).
 
     Mistakes that only the built model shows raise `ProgramError` (a block that cannot be built, a
     mesh the model cannot be split over)."""
@@ -96,6 +102,7 @@ def plan(program: Program, world_size: int = 1, *, schedule: Sequence[str] | Non
     flops: dict[str, float] | None = None
     activation: int | None = None
     batch = meta_batch(program, needed_keys(model, criterion), notes)
+    sample = batch
     if batch is not None:
         try:
             flops, activation = measure_step(model, criterion, batch, DTYPES[compute])
@@ -113,9 +120,17 @@ def plan(program: Program, world_size: int = 1, *, schedule: Sequence[str] | Non
     mem["total"] = sum(mem.values())
     notes += memory_notes(mem, _all_params(model, criterion), shard)
     batch = batch_layout(program, mesh["dp_replicate"] * mesh["dp_shard"], notes)
+    peak = peak_memory(program, sample if peak else None, mesh, batch, model, _all_params(model, criterion), states,
+                       schedule, notes)
+    fit = None
+    if device is not None and peak is not None:
+        fit = fit_device(program, sample, model, _all_params(model, criterion), states, schedule, peak, flops, device)
     return {
+        "peak_memory": peak,
+        "device": fit,
         "params": params,
         "flops_per_sample": flops,
+        "cp_attention": cp_attention_flops(model, sample, mesh),  # l3m.plan_cp: per-rank attention FLOPs
         "activation_bytes_per_sample": activation,
         "memory_per_rank": mem,
         "mesh": mesh,
@@ -126,7 +141,54 @@ def plan(program: Program, world_size: int = 1, *, schedule: Sequence[str] | Non
         "optimizer": program.optimizer.type_name if program.optimizer else None,
         "notes": notes,
         "keys": key_shapes(shapes),
+        "components": component_rows(program),
     }
+
+
+def peak_memory(program: Program, sample: Mapping[str, torch.Tensor] | None, mesh: Mapping[str, int],
+                batch: Mapping[str, int] | None, model: nn.Module, params: Sequence[torch.Tensor], states: int,
+                schedule: Sequence[str] | None, notes: list[str]) -> dict[str, Any] | None:
+    """The predicted per-rank peak of a training step (`l3m.plan_memory`), or None with a note."""
+    if sample is None:
+        return None
+    from l3m.plan_memory import predict, step_shape
+
+    shape = step_shape(program, mesh, batch)
+    try:
+        return predict(program, sample, shape, model=model, params=params, optimizer_states=states,
+                       schedule=schedule)
+    except Exception as e:  # noqa: BLE001 - data-dependent ops cannot run on meta; the rest of the plan holds
+        notes.append(f"could not simulate a training step on the meta device: {type(e).__name__}: {e}")
+        return None
+
+
+def fit_device(program: Program, sample: Mapping[str, torch.Tensor], model: nn.Module,
+               params: Sequence[torch.Tensor], states: int, schedule: Sequence[str] | None,
+               peak: Mapping[str, Any], flops: Mapping[str, float] | None, device: Any) -> dict[str, Any]:
+    """`l3m.plan_memory.device_fit`, with suggestions when the step does not fit."""
+    from l3m.plan_memory import StepShape, device_fit, predict, suggestions
+
+    shape = StepShape(**peak["shape"])
+    fit = device_fit(device, peak["peak"], flops["total"] if flops else None, shape)
+    if not fit["fits"]:
+        cache: dict = {}
+        fit["suggestions"] = suggestions(shape, fit["usable"], lambda v: predict(
+            program, sample, v, model=model, params=params, optimizer_states=states, schedule=schedule,
+            cache=cache)["peak"])
+    return fit
+
+
+def component_rows(program: Program) -> list[dict[str, str]]:
+    """Every component argument of every node (`attn = Attention(pos = Rope2d())`), with where it came from."""
+    from l3m.dsl.ir import Call
+
+    rows = []
+    for n in program.nodes:
+        for name, value in n.call.kwargs.items():
+            if isinstance(value, Call):
+                origin = n.call.origins.get(name)
+                rows.append({"path": f"{n.path}.{name}", "value": str(value), "origin": str(origin or "")})
+    return rows
 
 
 def key_shapes(shapes: Any) -> list[dict[str, Any]]:
@@ -138,16 +200,27 @@ def key_shapes(shapes: Any) -> list[dict[str, Any]]:
 
 
 def check_plan_mesh(program: Program, model: nn.Module, mesh: Mapping[str, int]) -> None:
-    """Refuse a tensor-parallel size the model cannot be split over (as the run would), at the mesh."""
-    if mesh["tp"] <= 1:
-        return
-    from l3m.dist.tp import check_tp
+    """Refuse a tensor- or context-parallel size the model cannot be split over (as the run would, from
+    the blocks' traits), at the mesh."""
+    for dim in ("tp", "cp", "ep"):
+        if mesh.get(dim, 1) <= 1:
+            continue
+        try:
+            if dim == "ep":
+                from l3m.dist.ep import check_ep
 
-    try:
-        check_tp(model, mesh["tp"])
-    except ValueError as e:
-        raise ProgramError(Diagnostic("E601", f"the mesh cannot be laid out: {e}", setting_span(program, "mesh", "tp"))
-                           ) from e
+                check_ep(model, mesh["ep"])
+            elif dim == "tp":
+                from l3m.dist.tp import check_tp
+
+                check_tp(model, mesh["tp"])
+            else:
+                from l3m.dist.cp import check_cp
+
+                check_cp(model)
+        except ValueError as e:
+            raise ProgramError(Diagnostic("E601", f"the mesh cannot be laid out: {e}",
+                                          setting_span(program, "mesh", dim))) from e
 
 
 LARGE_MEMORY = 2**40  # 1 TiB per rank: more than any single accelerator holds
@@ -222,11 +295,10 @@ def count_params(program: Program, model: MetaModel, criterion: nn.Module | None
 
 
 def fixed_table_numel(model: nn.Module) -> int:
-    """Elements of frozen sin-cos position tables: buffers here, but frozen parameters in PyTorch codebases
-    that register them with `requires_grad=False` (the original ml-l3m), so plan shows both counts."""
-    from l3m.model.blocks.embeddings import PosEmbed
-
-    return sum(m.pos.numel() for m in model.modules() if isinstance(m, PosEmbed) and m.kind != "learned")
+    """Elements of frozen tables (sin-cos position tables; each module's `fixed_tables` trait names its
+    buffers): buffers here, but frozen parameters in PyTorch codebases that register them with
+    `requires_grad=False` (the original ml-l3m), so plan shows both counts."""
+    return sum(getattr(m, name).numel() for m in model.modules() for name in (getattr(m, "fixed_tables", None) or ()))
 
 
 def sharded_numel(params: Iterable[torch.Tensor], shard: int) -> int:
@@ -448,6 +520,7 @@ def format_plan(p: Mapping[str, Any]) -> str:
             f"{'FLOPs per sample':<28}{_si(flops['total'], 'FLOP'):>16}   "
             f"forward {_si(flops['forward'], 'FLOP')}, backward {_si(flops['backward'], 'FLOP')}"
         )
+    lines += format_cp_attention(p, _si)  # l3m.plan_cp
     act = p["activation_bytes_per_sample"]
     if act is not None:
         lines.append(
@@ -459,6 +532,9 @@ def format_plan(p: Mapping[str, Any]) -> str:
     )
     for part in ("params", "grads", "optimizer"):
         lines.append(f"    {part:<24}{_bytes(p['memory_per_rank'][part]):>16}")
+    from l3m.plan_memory import format_peak
+
+    lines += format_peak(p, _bytes)
     b = p.get("batch")
     if b:
         lines.append(f"{'global batch':<28}{b['global']:>16,}   samples per optimizer step, all ranks")
@@ -470,5 +546,10 @@ def format_plan(p: Mapping[str, Any]) -> str:
         ww = max(len(k["writer"]) for k in keys) + 2
         lines.append("keys")
         lines += [f"    {k['key']:<{kw}}{k['writer']:<{ww}}{k['shape']}" for k in keys]
+    comps = p.get("components") or []
+    if comps:
+        pw = max(len(c["path"]) for c in comps) + 2
+        lines.append("components")
+        lines += [f"    {c['path']:<{pw}}{c['value']}   ({c['origin']})" for c in comps]
     lines += [f"note: {n}" for n in p.get("notes", [])]
     return "\n".join(lines)

@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-KINDS = ("block", "source", "generator", "loss", "metric", "optimizer", "schedule")
+# "component": a part that only ever stands as another block's argument (`pos = Rope2d()`), never as a
+# node; blocks that implement an interface (`l3m.interfaces`) are usable as components too.
+KINDS = ("block", "source", "generator", "loss", "metric", "optimizer", "schedule", "component")
 # What a kind is called in messages ("a data source", "an optimizer").
 KIND_PHRASE = {
     "block": "a block",
@@ -43,6 +45,7 @@ KIND_PHRASE = {
     "metric": "a metric",
     "optimizer": "an optimizer",
     "schedule": "a schedule",
+    "component": "a component",
 }
 # How many leading parameters of a kind's factory the trainer supplies (never written in a file).
 RUNTIME_PARAMS = {"optimizer": 1, "schedule": 2}
@@ -113,6 +116,13 @@ class Entry:
             return {}
 
     @cached_property
+    def interfaces(self) -> tuple[str, ...]:
+        """The interfaces (`l3m.interfaces`) the class implements: where it may stand as a component."""
+        from l3m.interfaces import interfaces_of
+
+        return interfaces_of(self.obj)
+
+    @cached_property
     def inputs(self) -> tuple[Port, ...]:
         method = _PORT_METHOD.get(self.kind)
         if method is None:
@@ -165,13 +175,28 @@ _version = 0  # bumped by every registration: the manifest view is rebuilt
 _view: tuple[Any, dict[str, dict[str, Any]]] | None = None
 
 
-def register(kind: str, name: str | None = None, **extra: Any) -> Callable[[Any], Any]:
-    """Register a class or factory under `name` (default: its own name) as `kind`."""
+def register(kind: str, name: str | None = None, *, shapes: str | None = None,
+             checks: Sequence[tuple[str, str]] | None = None, **extra: Any) -> Callable[[Any], Any]:
+    """Register a class or factory under `name` (default: its own name) as `kind`.
+
+    `shapes` / `checks` (the shape rule and argument rules, see `l3m.dsl.shapes`) and the keywords
+    named in `l3m.traits.TRAITS` (`tp_plan`, `context_parallel`, ...) are set as class attributes of
+    the same names, as if the class body declared them; other keywords are kept in `Entry.extra`."""
     if kind not in KINDS:
         raise ValueError(f"unknown registry kind {kind!r}; expected one of {', '.join(KINDS)}")
+    from l3m import traits
+
+    declared = {k: v for k, v in (("shapes", shapes), ("checks", checks)) if v is not None}
+    declared.update({k: extra.pop(k) for k in list(extra) if k in traits.TRAITS})
 
     def wrap(obj: Any) -> Any:
         key = name or obj.__name__
+        who = f"@register({kind!r}) of {getattr(obj, '__qualname__', key)} ({getattr(obj, '__module__', '?')})"
+        for k in extra:
+            meant = traits.misspelt_trait(k)
+            if meant:
+                raise TypeError(f"{who}: unknown keyword {k!r}; did you mean {meant!r}?")
+        traits.declare(obj, who, declared)
         outputs = tuple(getattr(obj, "outputs", ()) or ())
         if kind in ("loss", "metric") and not outputs:
             outputs = ("out",)

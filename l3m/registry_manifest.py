@@ -42,6 +42,9 @@ def entry_record(e: Any) -> dict[str, Any]:
         rec["returns"] = ret if isinstance(ret, str) else {"hint": _hint(e, "return", ret)}
     rec["type_hints"] = {k: _hint(e, k, h) for k, h in e.type_hints.items()}
     rec["inputs"] = [[p.name, p.optional, p.variadic] for p in e.inputs]
+    interfaces = getattr(e, "interfaces", ())
+    if interfaces:
+        rec["interfaces"] = list(interfaces)
     shapes = getattr(obj, "shapes", None)
     if shapes is not None:
         if not isinstance(shapes, str):

@@ -24,6 +24,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from l3m.interfaces import INTERFACES, Use, use
+
 MANIFEST_PATH = Path(__file__).with_name("registry_manifest.json")
 FORMAT = 1
 
@@ -74,6 +76,8 @@ def encode_value(v: Any) -> Any:
         return {"$tuple": [encode_value(x) for x in v]}
     if isinstance(v, dict) and all(isinstance(k, str) for k in v):
         return {"$dict": {k: encode_value(x) for k, x in v.items()}}
+    if isinstance(v, Use):  # a component default: `use("Attention", heads=4)`
+        return {"$use": [v.name, {k: encode_value(x) for k, x in v.kwargs}]}
     return {"$object": repr(v)}
 
 
@@ -88,6 +92,9 @@ def decode_value(v: Any) -> Any:
             return {k: decode_value(x) for k, x in inner.items()}
         if tag == "$float":
             return float(inner)
+        if tag == "$use":
+            name, kwargs = inner
+            return use(name, **{k: decode_value(x) for k, x in kwargs.items()})
         return OpaqueValue(inner)
     return v
 
@@ -110,7 +117,7 @@ def opaque_class(dotted: str) -> type:
 _ABC = {n: getattr(collections.abc, n) for n in ("Iterable", "Iterator", "Sequence", "MutableSequence", "Mapping",
                                                   "MutableMapping", "Callable", "Collection", "Set")}
 _BUILTIN = {t.__name__: t for t in (int, float, str, bool, bytes, list, tuple, dict, set, frozenset, object, type)}
-_NAMESPACE: dict[str, Any] = {**_BUILTIN, **_ABC, "None": None, "Any": Any, "Literal": typing.Literal,
+_NAMESPACE: dict[str, Any] = {**_BUILTIN, **_ABC, **INTERFACES, "None": None, "Any": Any, "Literal": typing.Literal,
                               "Union": typing.Union, "Optional": typing.Optional, "typing": typing}
 
 
@@ -143,6 +150,8 @@ def hint_to_text(h: Any) -> str:
 
 
 def _class_text(cls: Any) -> str:
+    if isinstance(cls, type) and INTERFACES.get(cls.__name__) is cls:
+        return cls.__name__
     if isinstance(cls, type) and cls.__module__ == "builtins" and _BUILTIN.get(cls.__name__) is cls:
         return cls.__name__
     if isinstance(cls, type) and cls.__module__ == "collections.abc" and _ABC.get(cls.__name__) is cls:
@@ -221,6 +230,11 @@ class ManifestEntry:
     @cached_property
     def type_hints(self) -> dict[str, Any]:
         return {k: text_to_hint(v) for k, v in self.raw.get("type_hints", {}).items()}
+
+    @property
+    def interfaces(self) -> tuple[str, ...]:
+        """The interfaces (`l3m.interfaces`) the class implements: where it may stand as a component."""
+        return tuple(self.raw.get("interfaces", ()))
 
     @cached_property
     def inputs(self) -> tuple:

@@ -63,10 +63,13 @@ class RandomMask:
 
     Exactly `round(ratio * num_tokens)` tokens are masked in every sample (as in MAE), so the
     visible tokens of a batch form a rectangular tensor. The input only sets the batch size.
+    The optional second output `visible` is long [B, V], the visible tokens' indices in increasing
+    order (V = num_tokens - round(ratio * num_tokens)): `KeepVisible` gathers with it without reading
+    the mask's values (no host sync; one graph under torch.compile).
     """
 
-    outputs = ("mask",)
-    shapes = "x: [B, ...] -> mask: bool[B, num_tokens]"
+    outputs = ("mask", "visible?")
+    shapes = "@random_mask"
 
     def __init__(self, num_tokens: int, ratio: float = 0.75) -> None:
         if num_tokens < 1:
@@ -75,13 +78,13 @@ class RandomMask:
             raise ValueError(f"ratio must be in [0, 1], got {ratio}")
         self.num_tokens, self.ratio = num_tokens, ratio
 
-    def __call__(self, x: torch.Tensor, *, rng: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, *, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         b, n = x.shape[0], self.num_tokens
         k = int(round(self.ratio * n))
         order = torch.rand(b, n, generator=rng).argsort(dim=1)
         mask = torch.zeros(b, n, dtype=torch.bool)
         mask.scatter_(1, order[:, :k], True)
-        return mask
+        return mask, order[:, k:].sort(dim=1).values
 
 
 @register("generator")

@@ -18,9 +18,9 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import Checkpoi
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 from l3m.dist.units import repeated_layers
+from l3m.traits import ac_parts
 
 AC_MODES = ("none", "full", "selective", "mlp")
-SUBMODULE_MODES = {"mlp": "mlp"}  # mode -> the attribute of each layer that is checkpointed (fully)
 
 
 def _saved_ops() -> set:
@@ -63,20 +63,27 @@ def checkpointed(layer: nn.Module, mode: str) -> nn.Module:
 
 
 def apply_ac(model: nn.Module, mode: str) -> int:
-    """Wrap every repeated layer (each transformer layer), or for a sub-module mode that module of
-    every layer that has one, in place; how many were wrapped."""
+    """Wrap every repeated layer (each transformer layer), or for a sub-layer mode the parts of every
+    layer that its `ac_parts` trait names for the mode (by default its `mlp`), in place; how many
+    were wrapped."""
     if mode not in AC_MODES:
         raise ValueError(f"unknown activation_checkpointing {mode!r}; expected one of {', '.join(AC_MODES)}")
     if mode == "none":
         return 0
     count = 0
-    attr = SUBMODULE_MODES.get(mode)
     for layers in repeated_layers(model):
+        done: dict[int, nn.Module] = {}  # a layer at several slots (share_layers) is wrapped once
         for i, layer in enumerate(layers):
-            if attr is None:
+            if id(layer) in done:
+                layers[i] = done[id(layer)]
+                continue
+            parts = ac_parts(layer, mode)
+            if parts is None:
                 layers[i] = checkpointed(layer, mode)
                 count += 1
-            elif getattr(layer, attr, None) is not None:
-                setattr(layer, attr, checkpointed(getattr(layer, attr), "full"))
-                count += 1
+            for attr in parts or ():
+                if getattr(layer, attr, None) is not None:
+                    setattr(layer, attr, checkpointed(getattr(layer, attr), "full"))
+                    count += 1
+            done[id(layer)] = layers[i]
     return count

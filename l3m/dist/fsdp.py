@@ -1,7 +1,8 @@
 """Data parallelism with FSDP2: `fully_shard` (FSDP, or HSDP on a 2-D mesh) or `replicate`.
 
 Units, bottom up, so that each all-gather and reduce-scatter moves one unit's parameters: each
-repeated layer, then each block (what its layers left), then the root (everything else, and the
+repeated layer, then the sub-modules a block names in its `fsdp_units` trait, then each block (what
+its layers and units left), then the root (everything else, and the
 blocks that share a tied weight, which must live in one unit). Parameters are sharded over
 `dp_shard x cp` (context-parallel ranks hold the same weights) and replicated over
 `dp_replicate`; with `dp_shard x cp == 1` the model is only replicated (gradients all-reduced).
@@ -16,7 +17,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from l3m.config import TrainConfig
 from l3m.dist.mesh import ParallelDims
-from l3m.dist.units import blocks, repeated_layers, shared_parameter_owners
+from l3m.dist.units import blocks, declared_units, repeated_layers, shared_parameter_owners
 from l3m.train.precision import DTYPES
 
 
@@ -47,8 +48,10 @@ def _own_params(module: nn.Module, inner: list[nn.Module]) -> bool:
     return any(id(p) not in taken for p in module.parameters())
 
 
-def apply_fsdp(model: nn.Module, dims: ParallelDims, train: TrainConfig) -> str:
-    """Wrap `model` in place for data parallelism; the kind applied (see `data_parallel_mesh`)."""
+def apply_fsdp(model: nn.Module, dims: ParallelDims, train: TrainConfig,
+               ignored: set[nn.Parameter] | None = None) -> str:
+    """Wrap `model` in place for data parallelism; the kind applied (see `data_parallel_mesh`).
+    `ignored` parameters are left alone (expert-parallel experts, already split by expert)."""
     mesh, kind = data_parallel_mesh(dims)
     if mesh is None:
         return kind
@@ -56,20 +59,30 @@ def apply_fsdp(model: nn.Module, dims: ParallelDims, train: TrainConfig) -> str:
 
     def wrap(module: nn.Module, root: bool = False) -> None:
         if kind == "replicate":
-            replicate(module, mesh=mesh, mp_policy=policy)
+            replicate(module, mesh=mesh, mp_policy=policy, ignored_params=ignored or None)
         else:
             reshard = train.reshard_after_forward and not root  # the root's weights are needed first in backward
-            fully_shard(module, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
+            fully_shard(module, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard,
+                        ignored_params=ignored or None)
 
+    shared = shared_parameter_owners(model)
+    # Layers of blocks that share parameters (`share`, `tie`) stay in the root with their blocks; a
+    # layer repeated at several slots (`share_layers`) is one unit, wrapped once.
+    in_shared = {id(p) for _, b in blocks(model) if id(b) in shared for p in b.parameters()}
     wrapped: list[nn.Module] = []
     for layers in repeated_layers(model):
         for layer in layers:
-            if any(True for _ in layer.parameters()):
+            if _own_params(layer, wrapped) and not any(id(p) in in_shared for p in layer.parameters()):
                 wrap(layer)
                 wrapped.append(layer)
-    shared = shared_parameter_owners(model)
-    for _, block in blocks(model):
-        if id(block) not in shared and _own_params(block, wrapped):
+    for path, block in blocks(model):
+        if id(block) in shared:
+            continue
+        for unit in declared_units(block, path):  # the block's `fsdp_units` trait
+            if _own_params(unit, wrapped):
+                wrap(unit)
+                wrapped.append(unit)
+        if _own_params(block, wrapped):
             wrap(block)
             wrapped.append(block)
     wrap(model, root=True)

@@ -11,6 +11,14 @@ furthest apart. Three flattened sub-meshes serve the other parts, as in torchtit
   gradients are averaged and token counts are summed;
 - `hsdp`: the 2-D (dp_replicate, dp_shard_cp) mesh of hybrid sharding.
 
+Expert parallelism (`ep`) is not a world dimension of its own: it borrows the innermost `ep` ranks
+of `dp_shard_cp` (as torchtitan does), ranks that hold different tokens, so the all-to-all sends each
+token to the rank that owns its expert and no rank computes a token twice. Two more sub-meshes:
+
+- `ep`: the ranks that split the experts between them (size ep);
+- `ep_dp` (dp_replicate x dp_shard_cp / ep): the ranks that hold the same experts, over which the
+  experts' gradients are averaged (experts are not FSDP-sharded: they are already split by expert).
+
 Every coordinate is plain arithmetic on the rank, so the data loader can be sharded before any
 process group exists.
 """
@@ -87,6 +95,7 @@ class ParallelDims:
     dp_shard: int
     cp: int
     tp: int
+    ep: int = 1
     rank: int = 0
     meshes: dict[str, DeviceMesh] = field(default_factory=dict, repr=False)
 
@@ -96,6 +105,10 @@ class ParallelDims:
 
     def size(self, name: str) -> int:
         """The size of a mesh dimension or of a flattened sub-mesh."""
+        if name == "ep_dp":
+            return self.size("dp_cp") // self.ep
+        if name == "ep":
+            return self.ep
         out = 1
         for d in FLAT_DIMS.get(name, (name,)):
             out *= getattr(self, d)
@@ -103,6 +116,10 @@ class ParallelDims:
 
     def coordinate(self, name: str) -> int:
         """This rank's index along a mesh dimension or a flattened sub-mesh."""
+        if name == "ep":  # the innermost ranks of dp_shard_cp
+            return self.coordinate("dp_shard_cp") % self.ep
+        if name == "ep_dp":
+            return self.coordinate("dp_cp") // self.ep
         coords: dict[str, int] = {}
         rest = self.rank
         for d in reversed(MESH_DIMS):
@@ -148,6 +165,7 @@ def _meshes(device_type: str, sizes: dict[str, int]) -> dict[str, DeviceMesh]:
     """Every mesh the parts need, each an unflattening of one world mesh (so they share a root,
     as FSDP2 requires of the data-parallel and tensor-parallel meshes it composes)."""
     r, s, c, t = (sizes[d] for d in MESH_DIMS)
+    ep = sizes.get("ep", 1)
     world = init_device_mesh(device_type, (r * s * c * t,), mesh_dim_names=("world",))
     full = world._unflatten(0, (r, s, c, t), MESH_DIMS)
     dense = world._unflatten(0, (r, s * c, t), ("dp_replicate", "dp_shard_cp", "tp"))
@@ -157,6 +175,9 @@ def _meshes(device_type: str, sizes: dict[str, int]) -> dict[str, DeviceMesh]:
     out["hsdp"] = dense["dp_replicate", "dp_shard_cp"]
     out["dp"] = world._unflatten(0, (r * s, c * t), ("dp", "cp_tp"))["dp"]
     out["dp_cp"] = world._unflatten(0, (r * s * c, t), ("dp_cp", "tp"))["dp_cp"]
+    if ep > 1:
+        experts = world._unflatten(0, (r * s * c // ep, ep, t), ("ep_dp", "ep", "tp"))
+        out["ep"], out["ep_dp"] = experts["ep"], experts["ep_dp"]
     return out
 
 

@@ -13,32 +13,19 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor.parallel import parallelize_module
 
-from l3m.model.blocks.attention import Attention
 from l3m.model.blocks.layers import collect_tp_plan
 from l3m.model.core import MetaModel
 
 
-def _kv_groups(attn: Attention) -> int:
-    """How many key/value head groups an attention module has (a column-wise shard must hold
-    whole groups, so this must divide by the tensor-parallel size)."""
-    hd = attn.head_dim
-    if attn.cross:
-        return attn.kv.out_features // (2 * hd) if attn.fused else attn.k.out_features // hd
-    if attn.fused:
-        return attn.qkv.out_features // ((attn.rep + 2) * hd)
-    return attn.k.out_features // hd
-
-
 def check_tp(model: nn.Module, tp: int) -> None:
-    """Refuse a tensor-parallel size that would split an attention head group."""
+    """Refuse a tensor-parallel size that a module cannot be split over (its `tp_problem` trait, e.g. an
+    attention whose key/value head groups would be cut)."""
     for name, m in model.named_modules():
-        if isinstance(m, Attention):
-            groups = _kv_groups(m)
-            if groups % tp:
-                raise ValueError(
-                    f"tensor parallelism over {tp} ranks needs the key/value heads of '{name}' ({groups}) "
-                    f"to divide by {tp}: choose kv_heads (or heads) divisible by mesh.tp"
-                )
+        check = getattr(m, "tp_problem", None)
+        problem = check(tp) if callable(check) else None
+        if problem:
+            raise ValueError(f"tensor parallelism over {tp} ranks cannot split '{name}' ({type(m).__name__}): "
+                             f"it {problem}")
 
 
 def retie_all(model: nn.Module) -> None:

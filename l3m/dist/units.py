@@ -10,8 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from l3m.model.core import MetaModel
-
-LAYER_LIST = "layers"  # the ModuleList name a block keeps its repeated layers under (Transformer)
+from l3m.traits import fsdp_units, layer_lists
 
 
 def blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -29,12 +28,27 @@ def blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def repeated_layers(model: nn.Module) -> list[nn.ModuleList]:
-    """The `layers` lists inside the blocks: each entry is one repeated layer."""
+    """The lists of repeated layers inside the blocks (each module's `layer_lists` trait, by default
+    its `layers`): each entry is one repeated layer."""
     out: list[nn.ModuleList] = []
     for _, block in blocks(model):
-        for name, m in block.named_modules():
-            if isinstance(m, nn.ModuleList) and name.rpartition(".")[2] == LAYER_LIST and m not in out:
-                out.append(m)
+        for owner in block.modules():
+            for attr in layer_lists(owner):
+                m = owner._modules.get(attr)
+                if isinstance(m, nn.ModuleList) and not any(m is o for o in out):
+                    out.append(m)
+    return out
+
+
+def declared_units(block: nn.Module, where: str) -> list[nn.Module]:
+    """The sub-modules a block's `fsdp_units` trait names (dotted paths inside it)."""
+    out = []
+    for name in fsdp_units(block):
+        try:
+            out.append(block.get_submodule(name))
+        except AttributeError:
+            raise ValueError(f"block '{where}' ({type(block).__name__}) declares fsdp_units {name!r}, "
+                             "which is not one of its sub-modules") from None
     return out
 
 

@@ -61,9 +61,10 @@ class Arg:
 
 
 @dataclass
-class CallExpr:
+class CallExpr(Expr):
+    """`Name(args)`: a node's call, or (as an expression) a component value. `span` is the name."""
+
     parts: list[str]  # qualified name: ["Transformer"] or ["vit", "Encoder"]
-    span: Span  # the name
     args: list[Arg] = field(default_factory=list)
 
     @property
@@ -161,6 +162,14 @@ class ExtensionDecl:
 
 
 @dataclass
+class DefaultDecl:
+    """`default Name(args)`: each argument as if written in every call of `Name` that does not write it."""
+
+    call: CallExpr
+    span: Span  # the `default` keyword
+
+
+@dataclass
 class KeyDeclAst:
     name: str
     span: Span
@@ -201,3 +210,25 @@ class Module:
     optimizer: list[CallExpr] = field(default_factory=list)  # more than one is an error
     schedule: list[CallExpr] = field(default_factory=list)
     sections: list[SectionDecl] = field(default_factory=list)
+    defaults: list[DefaultDecl] = field(default_factory=list)
+
+
+def source_text(e: Expr) -> str:
+    """An expression written back as `.l3m` text (for records and messages; spacing canonical)."""
+    if isinstance(e, Const):
+        return {True: "true", False: "false", None: "null"}.get(e.value, repr(e.value)) \
+            if e.value is None or isinstance(e.value, bool) else repr(e.value)
+    if isinstance(e, Str):
+        return f'"{e.raw}"'
+    if isinstance(e, Ref):
+        return e.dotted
+    if isinstance(e, ListExpr):
+        return "[" + ", ".join(source_text(i) for i in e.items) + "]"
+    if isinstance(e, CallExpr):
+        args = ", ".join((f"{a.name} = " if a.name else "") + source_text(a.value) for a in e.args)
+        return f"{e.dotted}({args})"
+    if isinstance(e, BinOp):
+        return f"({source_text(e.left)} {e.op} {source_text(e.right)})"
+    if isinstance(e, Neg):
+        return f"-{source_text(e.operand)}"
+    return "?"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 from l3m.config import MeshConfig, resolve_mesh
 from l3m.data.global_batch import TRAIN_SOURCE, derive_layout, source_batch_size, train_settings
 from l3m.dsl.datacheck import check_data
@@ -12,6 +14,7 @@ from l3m.dsl.paramcheck import check_params
 from l3m.dsl.refcheck import check_references
 from l3m.dsl.schedule import Dataflow, dataflow
 from l3m.dsl.shapes import ShapeTable, check_shapes
+from l3m.dsl.sharecheck import check_shares
 from l3m.dsl.tokcheck import check_tokenizers
 
 
@@ -26,11 +29,13 @@ def check_all(program: Program, world_size: int | None = None) -> tuple[Dataflow
     diags = list(flow.diagnostics)
     diags += _check_mesh(program, world_size)
     diags += _check_global_batch(program, world_size)
+    diags += _check_float8(program)
     diags += check_tokenizers(program)
     diags += check_references(program, flow)
     diags += check_names(program)
     diags += check_data(program)
     diags += check_params(program)
+    diags += check_shares(program)
     table, shape_diags = check_shapes(program, flow)
     return flow, diags + _one_message_per_cause(diags, shape_diags), table
 
@@ -44,6 +49,27 @@ def _one_message_per_cause(diags: list[Diagnostic], shape_diags: list[Diagnostic
     said = {(d.code, at(d)) for d in [*diags, *shape_diags]}
     follow_on = {"E753": ("E812",), "E750": ("E106", "E751"), "E751": ("E106",)}
     return [d for d in shape_diags if not any((c, at(d)) in said for c in follow_on.get(d.code, ()))]
+
+
+def _check_float8(program: Program) -> list[Diagnostic]:
+    """E605 / W605 / W606: what lint can tell about `train.float8` (the device is checked when training starts)."""
+    section = program.sections.get("train")
+    if section is None or section.values.get("float8", False) is False:
+        return []
+    span = section.spans.get("float8")
+    diags = []
+    mesh = program.sections.get("mesh")
+    tp = mesh.values.get("tp", 1) if mesh is not None else 1
+    if isinstance(tp, int) and tp > 1:
+        diags.append(Diagnostic("E605", f"train.float8 with tensor parallelism (mesh.tp = {tp}) is not supported yet",
+                                span, "use mesh.tp = 1 (FSDP shards the float8 layers) or train.float8 = false"))
+    if importlib.util.find_spec("torchao") is None:
+        diags.append(Diagnostic("W605", "train.float8 needs the torchao package, which is not installed here",
+                                span, "pip install 'l3m[float8]'"))
+    if section.values.get("compile", False) in (False, "none"):
+        diags.append(Diagnostic("W606", "train.float8 without train.compile is usually slower than bf16", span,
+                                'set train.compile = "blocks" (or "model")'))
+    return diags
 
 
 def _check_mesh(program: Program, world_size: int | None) -> list[Diagnostic]:
@@ -65,6 +91,8 @@ def _smallest_fit(mesh: MeshConfig) -> int:
     fixed = 1
     for v in (mesh.dp_replicate, mesh.dp_shard, mesh.tp, mesh.cp):
         fixed *= v if v > 0 else 1
+    if -1 in (mesh.dp_shard, mesh.cp) and mesh.ep > 0:  # the free dimension can make room for the ep ranks
+        fixed *= mesh.ep
     return fixed
 
 

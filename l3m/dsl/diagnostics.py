@@ -141,10 +141,10 @@ CODES: dict[str, tuple[str, str]] = {
              "name when it is unique, else by its path such as `gpt.preprocessor.embed`), or the block itself.\n\n"
              "    head { lm: LMHead(dim = 64, vocab = 2048, tie = \"embd\") x -> logits }   # no block 'embd'"),
     "E640": ("pattern", "A parameter-name pattern matches nothing, so the setting would silently do nothing:\n"
-             "a `train.freeze` or `train.init_include` glob that matches no parameter of the model (checked by\n"
-             "`lint` from the blocks' static parameter names, and again by `plan` and `train`), or a\n"
-             "`train.init_include` / `init_exclude` glob that matches no tensor of the `init_from` file (checked\n"
-             "by `train`). Patterns are fnmatch globs over full names; `l3m plan` lists the blocks, whose paths\n"
+             "a `train.freeze`, `train.trainable` or `train.init_include` glob that matches no parameter of the\n"
+             "model (checked by `lint` from the blocks' static parameter names, and again by `plan` and\n"
+             "`train`), or a `train.init_include` / `init_exclude` glob that matches no tensor of the\n"
+             "`init_from` file (checked by `train`). Patterns are fnmatch globs over full names; `l3m plan` lists the blocks, whose paths\n"
              "start the names (`vit.trunk.blocks.layers.0.attn.qkv.weight`). Lint skips a glob that could match\n"
              "inside a block whose parameters it cannot know (an extension's), and `init_include` under\n"
              "`init_rename`. An optimizer's `no_decay` glob that matches nothing is only a note (N640).\n\n"
@@ -161,6 +161,18 @@ CODES: dict[str, tuple[str, str]] = {
              "need the same `vocab` and `dim`. Lint computes both shapes from the blocks' arguments.\n\n"
              "    embed: TokenEmbedding(vocab = 256, dim = 64) ...\n"
              "    lm:    LMHead(dim = 64, vocab = 512, tie = \"embed\") x -> logits   # [512, 64] vs [256, 64]"),
+    "E790": ("share-target", "A block's `share` argument (use another block's parameters instead of its own) names no\n"
+             "block, several (name one by its path, such as `cnn.trunk.conv1`), the block itself, or a chain\n"
+             "of `share` arguments that loops back.\n\n"
+             "    conv2: Conv2d(in_channels = 16, out_channels = 16, share = \"conv\") x -> x   # no block 'conv'"),
+    "E791": ("share-class", "A block's `share` names a block of another class: only a block of the same class has\n"
+             "the same parameters to share (a Conv2d shares a Conv2d's weight and bias).\n\n"
+             "    bn2: BatchNorm(channels = 16, share = \"conv1\") x -> x   # conv1 is a Conv2d"),
+    "E792": ("share-shape", "A block's `share` names a block whose parameters have other names or shapes: both must\n"
+             "be built from the same arguments (channels, kernel, groups, bias, ...). Lint computes both\n"
+             "blocks' parameters from their arguments.\n\n"
+             "    conv1: Conv2d(in_channels = 16, out_channels = 16) x -> x\n"
+             "    conv2: Conv2d(in_channels = 16, out_channels = 32, share = \"conv1\") x -> y   # [32, 16, 3, 3] vs [16, 16, 3, 3]"),
     "E750": ("shape-mismatch", "A block, loss or metric reads a key whose shape cannot be what it declares: a dim\n"
              "is another number, or the ranks differ. Lint propagates shapes from the data sources (and\n"
              "`keys { }`) through every block's declared `shapes`; the message names the writer of the key with\n"
@@ -203,10 +215,23 @@ CODES: dict[str, tuple[str, str]] = {
              "[0, classes) (or be the loss's `ignore_index`). Labels are checked on every batch on the CPU\n"
              "and on the first batches on a GPU, where an out-of-range label would otherwise stop the\n"
              "process with a device-side assert. Fix the data, or the head's `num_classes` / `vocab`."),
+    "E605": ("float8-tp", "`train.float8` is set with tensor parallelism (`mesh.tp > 1`). Float8 layers split over\n"
+             "tensor-parallel ranks need torchao's float8 parallel styles, which l3m's plans do not use yet.\n"
+             "Use `mesh.tp = 1` (FSDP shards the float8 layers' weights) or `train.float8 = false`."),
+    "W605": ("float8-unavailable", "`train.float8` is set but the `torchao` package, which swaps the Linear layers for\n"
+             "float8 ones, is not installed where lint ran: `pip install 'l3m[float8]'`. Only a warning, as the\n"
+             "training machine may differ; `train` refuses to start without it, and also on the CPU or on a GPU\n"
+             "below compute capability 8.9 (float8 tensor cores: Ada, Hopper and newer)."),
+    "W606": ("float8-eager", "`train.float8` is set while `train.compile` is off. Without `torch.compile` the\n"
+             "casts to float8 and their scales run as separate kernels and float8 is usually slower than bf16;\n"
+             "set `train.compile = \"blocks\"` (or `\"model\"`)."),
     "W101": ("unused-output", "A key written by a block or generator is never read by anything later. Remove the\n"
              "binding, or read it (for example in a loss or metric)."),
     "W102": ("unused-declaration", "A key declared in `keys { ... }` is never written."),
     "W103": ("unused-import", "An imported namespace is never used."),
+    "W105": ("default-unused", "A `default NAME(arg = ...)` statement (or `default.NAME.arg=...` on the command line)\n"
+             "reaches no call: nothing in its scope (the file and the files it imports) calls NAME, or every\n"
+             "call writes the argument itself. Check the name, or remove the statement."),
     "W104": ("extension-unchecked", "`lint` and `graph` read extension modules from source and never run them. Where\n"
              "the source does not tell (outputs computed at import, a base class from another package,\n"
              "**kwargs, a registration with a computed name), the message says which check was skipped."),

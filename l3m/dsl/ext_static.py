@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from l3m.dsl.ext_locate import Located, locate
+from l3m.interfaces import INTERFACES, use
 from l3m.registry import _PORT_METHOD, KINDS, Entry, Port, ports_from_params
 
 MAX_MODULES = 256  # modules of one extension package read at most
@@ -69,6 +70,7 @@ class StaticEntry:
     extra: dict = field(default_factory=dict)
     shapes: str | None = None  # the class's literal `shapes` declaration (l3m.dsl.shapes), if any
     checks: tuple = ()  # its literal `checks`
+    interfaces: tuple[str, ...] = ()  # the `l3m.interfaces` it subclasses directly (`class X(nn.Module, Norm)`)
 
     @property
     def outputs(self) -> tuple[Port, ...] | None:
@@ -260,6 +262,10 @@ class _Reader:
                 self._warn(m, dec, f"registers '{node.name}' under a name that is not a literal string; it is not checked")
                 return
         extra = {k: _literal(v) for k, v in kw.items() if k not in ("kind", "name")}
+        problem = _declaration_problem(extra)
+        if problem:  # importing would raise in `register`: say so, as for an unknown kind
+            self.ext.error = f"{_where(m, dec)}: the registration of '{node.name}': {problem}"
+            return
         self.ext.entries[name] = self._entry(m, node, kind, name, extra)
 
     def _warn(self, m: _Module, node: ast.AST, text: str) -> None:
@@ -288,12 +294,17 @@ class _Reader:
                 skipped.append(f"the input ports of '{name}' are not known statically (a registered function): "
                                "input-port checks skipped")
             outputs = ("out",) if kind in ("loss", "metric") else ()
+        for k in ("shapes", "checks"):  # `@register("block", shapes=..., checks=...)`: set on the class
+            if k in extra:
+                declared[k] = extra[k]
         shapes = declared.get("shapes")
         checks = declared.get("checks")
+        bases = [(_dotted(b) or ("",))[-1] for b in getattr(node, "bases", ())]
         return StaticEntry(kind=kind, name=name, module=m.name, signature=sig, type_hints=hints, inputs=inputs,
                            outputs_spec=outputs, doc=ast.get_docstring(node) or "", skipped=skipped, extra=extra,
                            shapes=shapes if isinstance(shapes, str) else None,
-                           checks=tuple(tuple(c) for c in checks) if isinstance(checks, (tuple, list)) else ())
+                           checks=tuple(tuple(c) for c in checks) if isinstance(checks, (tuple, list)) else (),
+                           interfaces=tuple(b for b in bases if b in INTERFACES))
 
     def _signature(self, found: _Found, name: str, what: str, skipped: list[str],
                    init: bool) -> tuple[inspect.Signature, dict[str, Any]]:
@@ -455,6 +466,26 @@ class _Reader:
 # ---------------------------------------------------------------------- helpers
 
 
+def _declaration_problem(extra: dict[str, Any]) -> str | None:
+    """What `register` would refuse in these keywords (a misspelt trait, a literal trait value it does not
+    allow; see `l3m.traits`), or None. Computed values are not judged."""
+    from l3m import traits
+
+    for k, v in extra.items():
+        if k in ("shapes", "checks") or isinstance(v, _Expr):
+            continue
+        if k not in traits.TRAITS:
+            meant = traits.misspelt_trait(k)
+            if meant:
+                return f"unknown keyword {k!r}; did you mean {meant!r}?"
+            continue
+        try:
+            traits.check_trait(k, v)
+        except (TypeError, ValueError) as e:
+            return str(e)
+    return None
+
+
 def _top_level(tree: ast.Module):
     """Module-level statements, including those inside top-level `if` / `try` blocks."""
     stack = list(reversed(tree.body))
@@ -502,6 +533,17 @@ def _literal(node: ast.expr | None) -> Any:
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return _Expr(node)
+
+
+def _default(node: ast.expr) -> Any:
+    """A parameter's default: a literal, or a component default `use("Attention", heads=4)` (materialised
+    by the resolver as for a built-in block), else the expression as written."""
+    if isinstance(node, ast.Call) and _dotted(node.func)[-1:] == ("use",) and len(node.args) == 1 \
+            and all(k.arg for k in node.keywords):
+        name, kwargs = _literal(node.args[0]), {k.arg: _default(k.value) for k in node.keywords}
+        if isinstance(name, str) and not any(isinstance(v, _Expr) for v in kwargs.values()):
+            return use(name, **kwargs)
+    return _literal(node)
 
 
 def _assigned(stmt: ast.stmt, name: str) -> ast.expr | None:
@@ -589,13 +631,13 @@ def _params(m: _Module, fn: ast.FunctionDef | ast.AsyncFunctionDef, drop_first: 
     P = inspect.Parameter
     a = fn.args
     positional = [(x, P.POSITIONAL_ONLY) for x in a.posonlyargs] + [(x, P.POSITIONAL_OR_KEYWORD) for x in a.args]
-    defaults: list[Any] = [_EMPTY] * (len(positional) - len(a.defaults)) + [_literal(d) for d in a.defaults]
+    defaults: list[Any] = [_EMPTY] * (len(positional) - len(a.defaults)) + [_default(d) for d in a.defaults]
     out = [P(x.arg, kind, default=d, annotation=annotation(x.annotation, m))
            for (x, kind), d in zip(positional, defaults)]
     if a.vararg:
         out.append(P(a.vararg.arg, P.VAR_POSITIONAL, annotation=annotation(a.vararg.annotation, m)))
     for x, d in zip(a.kwonlyargs, a.kw_defaults):
-        out.append(P(x.arg, P.KEYWORD_ONLY, default=_EMPTY if d is None else _literal(d),
+        out.append(P(x.arg, P.KEYWORD_ONLY, default=_EMPTY if d is None else _default(d),
                      annotation=annotation(x.annotation, m)))
     if a.kwarg:
         out.append(P(a.kwarg.arg, P.VAR_KEYWORD))
@@ -645,25 +687,40 @@ def annotation(node: ast.expr | None, m: _Module | None = None) -> Any:
     if node is None:
         return _EMPTY
     try:
-        return _ann(node, 0)
+        return _ann(node, 0, _interface_names(m))
     except (_Unknown, TypeError, SyntaxError, ValueError, RecursionError):
         return _EMPTY
 
 
-def _ann(node: ast.expr, depth: int) -> Any:
+def _interface_names(m: _Module | None) -> dict[str, Any]:
+    """How the module spells the interfaces of `l3m.interfaces` (`Norm`, `li.Norm`, `l3m.interfaces.Norm`):
+    an annotation naming one accepts a component, as the imported class's annotation would."""
+    out: dict[str, Any] = {}
+    for local, full in (m.imports.items() if m is not None else ()):
+        if full[:2] == ("l3m", "interfaces") and len(full) == 3 and full[2] in INTERFACES:
+            out[local] = INTERFACES[full[2]]
+        elif full in (("l3m",), ("l3m", "interfaces")):
+            prefix = local if full == ("l3m", "interfaces") else f"{local}.interfaces"
+            out.update({f"{prefix}.{name}": cls for name, cls in INTERFACES.items()})
+    return out
+
+
+def _ann(node: ast.expr, depth: int, known: dict[str, Any] | None = None) -> Any:
     if depth > 20:
         raise _Unknown
     if isinstance(node, ast.Constant):
         if node.value is None:
             return type(None)
         if isinstance(node.value, str):  # a string annotation (or `from __future__ import annotations`)
-            return _ann(ast.parse(node.value, mode="eval").body, depth + 1)
+            return _ann(ast.parse(node.value, mode="eval").body, depth + 1, known)
         if node.value is Ellipsis:
             return Ellipsis
         raise _Unknown
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        return typing.Union[_ann(node.left, depth + 1), _ann(node.right, depth + 1)]  # noqa: UP007
+        return typing.Union[_ann(node.left, depth + 1, known), _ann(node.right, depth + 1, known)]  # noqa: UP007
     parts = _dotted(node.value if isinstance(node, ast.Subscript) else node)
+    if known and not isinstance(node, ast.Subscript) and ".".join(parts) in known:  # `norm: Norm`
+        return known[".".join(parts)]
     if not parts or (len(parts) > 1 and parts[0] not in ("typing", "t", "collections", "abc", "builtins")):
         raise _Unknown
     head = parts[-1]
@@ -676,7 +733,7 @@ def _ann(node: ast.expr, depth: int) -> Any:
         values = tuple(ast.literal_eval(x) for x in items)
         return Literal[values]
     if head == "Annotated":
-        return _ann(items[0], depth + 1)
+        return _ann(items[0], depth + 1, known)
     if head not in _GENERIC:
         raise _Unknown
-    return _GENERIC[head](tuple(_ann(x, depth + 1) for x in items))
+    return _GENERIC[head](tuple(_ann(x, depth + 1, known) for x in items))

@@ -89,7 +89,7 @@ def _is_stmt_start(toks: list[_Tok]) -> bool:
         return True
     if t0 in _STAGES or t0 in {"train", "mesh", "log", "keys", "data"}:
         return t1 == "{"
-    if t0 in {"let", "def", "loss", "metric", "model", "optimizer", "schedule"}:
+    if t0 in {"let", "def", "loss", "metric", "model", "optimizer", "schedule", "default"}:
         return k1 == "name"
     if t0 in {"import", "extension"}:
         return k1 == "string"

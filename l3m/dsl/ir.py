@@ -28,9 +28,47 @@ class Span:
         return f"{self.file}:{self.line}:{self.col}"
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where an argument's value came from (`plan --why`): `kind` is one of "argument" (written at the
+    call), "default" (a `default` statement), "command line" (an override, or `default.NAME.arg=...`),
+    "use" (a component materialised from a signature default `use(...)`), "signature" (the
+    constructor's own default), "host" (supplied by the host block when it builds the component),
+    "setting" (a settings section's field as written)."""
+
+    kind: str
+    span: Span | None = None
+    detail: str = ""  # e.g. the host parameter a `use(...)` default stood for: "Transformer.attn"
+    # An argument that passes a template parameter on (`dim = d`): the parameter, and where its value was set.
+    param: str | None = None
+    param_span: Span | None = None
+
+    def __str__(self) -> str:
+        where = f" at {self.span}" if self.span is not None and not self.span.file.startswith("<") else ""
+        if self.span is not None and self.span.file.startswith("<override"):
+            where = " on the command line"  # inside a value given as PATH=VALUE
+        if self.kind == "argument":
+            via = f", from the template parameter '{self.param}' set at {self.param_span}" if self.param else ""
+            return f"argument written{where}{via}"
+        if self.kind == "setting":
+            return f"setting written{where}"
+        if self.kind == "default":
+            return f"`default` statement{where}"
+        if self.kind == "command line":
+            return f"command line ({self.detail})" if self.detail else "command line"
+        if self.kind == "use":
+            return f"materialised `use(...)` default of {self.detail}"
+        if self.kind == "signature":
+            return f"signature default of {self.detail}"
+        if self.kind == "host":
+            return f"supplied by the host when it builds the component ({self.detail})"
+        return self.kind
+
+
 @dataclass
 class Call:
-    """A registered name instantiated with evaluated arguments."""
+    """A registered name instantiated with evaluated arguments. As an argument value of another call
+    it is a component (`attn = Attention(pos = Rope2d())`), nested to any depth."""
 
     type_name: str
     type_span: Span
@@ -38,6 +76,12 @@ class Call:
     arg_spans: list[Span] = field(default_factory=list)
     kwargs: dict[str, Any] = field(default_factory=dict)
     kwarg_spans: dict[str, Span] = field(default_factory=dict)
+    origins: dict[str, Origin] = field(default_factory=dict)  # per kwarg: where its value came from
+
+    is_component = True  # a value `typecheck.mismatch` accepts where an interface is expected
+
+    def __str__(self) -> str:
+        return f"{self.type_name}({', '.join(f'{k}={show(v)}' for k, v in self.kwargs.items())})"
 
     def kwargs_for(self, signature) -> dict[str, Any]:
         """Positional arguments folded into keywords by the constructor's signature."""
@@ -46,6 +90,32 @@ class Call:
         out = dict(zip(positional_names(signature), self.args))
         out.update(self.kwargs)
         return out
+
+
+def show(value: Any) -> str:
+    """An argument value as the file would write it (components as calls)."""
+    if isinstance(value, Call):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(show(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return repr(value)
+
+
+def to_data(value: Any) -> Any:
+    """A resolved argument value as JSON-able data: a component becomes {"type": ..., "kwargs": ...}."""
+    if isinstance(value, Call):
+        return {"type": value.type_name, "kwargs": {k: to_data(v) for k, v in value.kwargs.items()}}
+    if isinstance(value, (list, tuple)):
+        return [to_data(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_data(v) for k, v in value.items()}
+    return value
 
 
 @dataclass

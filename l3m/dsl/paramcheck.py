@@ -23,6 +23,7 @@ from typing import Any
 from l3m.dsl.diagnostics import Diagnostic, suggest
 from l3m.dsl.ir import Node, Program, Span
 from l3m.dsl.shapes.params import Params, Shape, static_params, weight_name
+from l3m.dsl.sigparams import component_args
 from l3m.model.naming import param_name, tie_matches
 
 GLOB = "E640"
@@ -67,11 +68,11 @@ def block_args(node: Node) -> dict[str, Any]:
 
     entry = lookup(node.call.type_name)
     if entry is None:
-        return dict(node.call.kwargs)
+        return {k: component_args(v) for k, v in node.call.kwargs.items()}
     try:
-        return node.call.kwargs_for(entry.signature)
+        return {k: component_args(v) for k, v in node.call.kwargs_for(entry.signature).items()}
     except (TypeError, ValueError):
-        return dict(node.call.kwargs)
+        return {k: component_args(v) for k, v in node.call.kwargs.items()}
 
 
 def node_params(node: Node) -> Params | None:
@@ -109,7 +110,7 @@ def _setting_span(program: Program, section: str, key: str) -> Span | None:
     sec = program.sections.get(section)
     if sec is None:
         return None
-    return sec.spans.get(key) or sec.span
+    return sec.spans.get(key) or (None if key.endswith("]") else sec.span)
 
 
 def _unmatched(globs: Any, params: ModelParams) -> list[str]:
@@ -145,14 +146,16 @@ def _help(glob: str, params: ModelParams, root: str | None = None) -> str:
 def check_globs(program: Program, params: ModelParams) -> list[Diagnostic]:
     diags = []
     train = program.section("train")
-    settings = [("freeze", "train.freeze: freeze pattern {g!r} matches no parameter of the model")]
+    settings = [("freeze", "train.freeze: freeze pattern {g!r} matches no parameter of the model"),
+                ("trainable", "train.trainable: pattern {g!r} matches no parameter of the model")]
     if not train.get("init_rename"):
         settings.append(("init_include", "train.init_include pattern {g!r} matches no parameter of the model "
                                          "(no tensor of the init_from file could load under such a name)"))
     for key, message in settings:
-        for g in _unmatched(train.get(key), params):
-            diags.append(Diagnostic(GLOB, message.format(g=g),
-                                    _setting_span(program, "train", key), _help(g, params, _root(program))))
+        globs = train.get(key)
+        for g in _unmatched(globs, params):
+            at = _setting_span(program, "train", f"{key}[{globs.index(g)}]") or _setting_span(program, "train", key)
+            diags.append(Diagnostic(GLOB, message.format(g=g), at, _help(g, params, _root(program))))
     call = program.optimizer
     if call is not None:
         for g in _unmatched(call.kwargs.get("no_decay"), params):

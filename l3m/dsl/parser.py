@@ -43,6 +43,9 @@ class ParseFailure(Exception):
 
 # The file being parsed, for the spans the parse callbacks make: per call (and per thread), never global.
 _FILE: contextvars.ContextVar[str] = contextvars.ContextVar("l3m_parse_file", default="<string>")
+# What `parse` calls instead, in this context (the language server's incremental parser, which calls `parse`
+# again with the hook unset when it cannot reuse anything); None: the ordinary whole-file parse.
+PARSE_HOOK: contextvars.ContextVar = contextvars.ContextVar("l3m_parse_hook", default=None)
 
 
 @functools.cache
@@ -80,7 +83,7 @@ def _describe_token(tok: Token) -> str:
 
 _SOFT_KEYWORDS = {"'as'", "'weight'", "'head'", "'trunk'", "'preprocessor'", "'postprocessor'", "'train'", "'mesh'",
                   "'log'", "'data'", "'model'", "'loss'", "'metric'", "'keys'", "'let'", "'import'", "'extension'",
-                  "'def'", "'optimizer'", "'schedule'"}
+                  "'def'", "'optimizer'", "'schedule'", "'default'"}
 
 
 def _expected_words(expected: set[str]) -> str:
@@ -145,6 +148,9 @@ def _check_depth(text: str, file: str) -> None:
 
 
 def parse(text: str, file: str = "<string>") -> ast.Module:
+    hook = PARSE_HOOK.get()
+    if hook is not None:
+        return hook(text, file)
     _check_depth(text, file)
     reset = _FILE.set(file)
     try:
@@ -330,7 +336,7 @@ class _ToAst(Transformer):
     # ---------------------------------------------------------------- calls and bindings
     def call(self, children):
         parts, *args = children
-        return ast.CallExpr([str(p) for p in parts], self._span_parts(parts), [a for a in args if a is not None])
+        return ast.CallExpr(self._span_parts(parts), [str(p) for p in parts], [a for a in args if a is not None])
 
     def _span_parts(self, parts) -> Span:
         first, last = parts[0], parts[-1]
@@ -463,6 +469,10 @@ class _ToAst(Transformer):
             return [("data", nodes), ast.SectionDecl("data", settings[0].span, settings)]
         return ("data", nodes)
 
+    def default_(self, children):
+        (call,) = children
+        return ast.DefaultDecl(call, call.span)
+
     @v_args(inline=True)
     def optimizer(self, call):
         return ("optimizer", call)
@@ -506,6 +516,8 @@ class _ToAst(Transformer):
                 mod.defs.append(item)
             elif isinstance(item, ast.SectionDecl):
                 mod.sections.append(item)
+            elif isinstance(item, ast.DefaultDecl):
+                mod.defaults.append(item)
             else:
                 kind, value = item
                 target = {"keys": mod.keys, "data": mod.data, "loss": mod.losses, "metric": mod.metrics,
@@ -518,3 +530,46 @@ class _ToAst(Transformer):
 
 
 _TRANSFORMER = _ToAst()
+
+
+# ----------------------------------------------------------------------------- pieces (incremental parsing)
+@functools.cache
+def _piece_parser() -> lark.Lark:
+    """The same grammar with a file's pieces as start rules; tables of its own, so the whole-file parser's
+    tables (and its error messages) stay exactly as they are."""
+    grammar = resources.files("l3m.dsl").joinpath("grammar.lark").read_text()
+    options = dict(start=["program", "item", "node"], parser="lalr", lexer="basic", maybe_placeholders=True,
+                   transformer=_TRANSFORMER)
+    if ACCELERATED:
+        options["_plugins"] = lark_cython.plugins
+    return cached_lark(grammar, **options)
+
+
+@functools.cache
+def item_keywords() -> frozenset[str]:
+    """The words a top-level item can start with, read from the grammar's tables (not a list kept by hand)."""
+    pp = _piece_parser()
+    table = pp.parser.parser._parse_table
+    words = {t.name: t.pattern.value for t in pp.terminals if t.pattern.type == "str"}
+    return frozenset(words[k] for k in table.states[table.start_states["item"]] if k in words)
+
+
+def parse_piece(text: str, file: str, start: str):
+    """One piece of a file alone: the header (`program`), a top-level `item` or a stage's `node`; what that
+    rule's callback returns. The caller pads `text` (leading newlines) so that positions are the file's.
+    Raises lark's UnexpectedInput or ParseFailure; no recovery, no messages: the caller parses the whole
+    file when a piece fails."""
+    reset = _FILE.set(file)
+    try:
+        return _piece_parser().parse(text, start=start)
+    finally:
+        _FILE.reset(reset)
+
+
+def assemble(file: str, version: Token, items: list) -> ast.Module:
+    """The module that `program` would build from these parsed items (the items are not copied)."""
+    reset = _FILE.set(file)
+    try:
+        return _TRANSFORMER.program([version, *items])
+    finally:
+        _FILE.reset(reset)

@@ -18,7 +18,7 @@ _CRITERION = ("loss", "metric")
 
 # `train` settings that count something: a negative value means nothing (and some crash deep inside).
 _NON_NEGATIVE = ("steps", "eval_every", "eval_steps", "checkpoint_every", "keep", "log_every", "num_workers",
-                 "grad_clip")
+                 "grad_clip", "ema_start")
 
 
 def check_references(program: Program, flow: Dataflow) -> list[Diagnostic]:
@@ -35,6 +35,10 @@ def _counts(program: Program) -> list[Diagnostic]:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             diags.append(Diagnostic("E602", f"'train.{key}' must be 0 or more, not {value}",
                                     section.spans.get(key) or section.span))
+    ema = section.values.get("ema")  # a decay: 0 (off) up to, not including, 1 (l3m.train.ema)
+    if isinstance(ema, (int, float)) and not isinstance(ema, bool) and not 0 <= ema < 1:
+        diags.append(Diagnostic("E602", f"'train.ema' is a decay from 0 (off) up to 1 (excluded), not {ema}",
+                                section.spans.get("ema") or section.span, "e.g. train { ema = 0.999 }"))
     return diags
 
 

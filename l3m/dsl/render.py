@@ -17,10 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from l3m.dsl.ir import STAGES, Node, Program
+from l3m.dsl.ir import STAGES, Call, Node, Origin, Program
 from l3m.dsl.paramcheck import block_args, full_name, model_params, node_params, tied_copies, ties
 from l3m.dsl.schedule import Dataflow
 from l3m.dsl.shapes.params import count
+from l3m.dsl.sharecheck import shared_copies
 
 # `shape_of(key, version)`: the static type of one version of a key, as text (None: unknown).
 ShapeOf = Callable[[str, int], "str | None"]
@@ -46,6 +47,7 @@ def _short(key: str, model: str) -> str:
 KEY_ARGS = ("vocab", "dim", "in_dim", "in_features", "out_features", "out_dim", "depth", "heads", "num_experts",
             "kv_heads", "num_classes", "patch", "num", "hidden", "moe_every", "top_k", "num_queries", "k")
 _MAX_ARGS = 4
+_WRITTEN = Origin("argument")
 
 # The one node that stands for every data source in the pictures (they write the same keys).
 DATA_NODE = "data"
@@ -67,8 +69,11 @@ def key_args(n: Node) -> str:
     """`dim=64 depth=2 heads=2`: the node's key arguments as the file gives them."""
     args = block_args(n)
     shown = [f"{k}={args[k]}" for k in KEY_ARGS
-             if k in args and isinstance(args[k], int) and not isinstance(args[k], bool)]
-    return " ".join(shown[:_MAX_ARGS])
+             if k in args and isinstance(args[k], int) and not isinstance(args[k], bool)][:_MAX_ARGS]
+    # Components the file configured (`attn=Attention(pos=Rope2d())`); a bare materialised default is not news.
+    shown += [f"{k}={v}" for k, v in n.call.kwargs.items()
+              if isinstance(v, Call) and (v.kwargs or n.call.origins.get(k, _WRITTEN).kind != "use")]
+    return " ".join(shown)
 
 
 @dataclass
@@ -94,6 +99,9 @@ def _facts(program: Program) -> _Facts:
     params = model_params(program)
     copies = tied_copies(program, params)  # a tied weight is counted once, at the block it belongs to
     facts.tied = {t.node.path: t.target.name for t in ties(program, params) if full_name(t.node, t.mine) in copies}
+    shared_names, shared_blocks = shared_copies(program, params)  # `share` (l3m.dsl.sharecheck): counted once
+    copies.update(shared_names)
+    facts.tied.update(shared_blocks)
     for n in program.blocks:
         own = params.relative.get(n.path)
         facts.params[n.path] = None if own is None else count([(r, s) for r, s in own if full_name(n, r) not in copies])

@@ -8,6 +8,7 @@ the signature object itself (identity, not equality: a default may be unhashable
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any
 
@@ -49,3 +50,37 @@ def positional_names(sig: inspect.Signature) -> tuple[str, ...]:
 def defaults(sig: inspect.Signature) -> dict[str, Any]:
     """Parameter name -> default, for every parameter that has one (a fresh dict: callers fill it in)."""
     return dict(_info(sig)[3])
+
+
+class ComponentArgs(dict):
+    """A component value (`attn = Attention(pos = Rope2d())`) as the checkers' argument tables hold it:
+    a dict of the component's arguments after its signature defaults (nested components likewise),
+    with `.name` the registered name. Shape rules (`l3m.dsl.shapes.rules`) and static parameter rules
+    (`l3m.dsl.shapes.params`) read e.g. `args["attn"].name` and `args["attn"]["pos"]`."""
+
+    name: str = ""
+    written: frozenset[str] = frozenset()  # the arguments the call wrote (the rest are signature defaults)
+
+    def __repr__(self) -> str:
+        return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.items())})"
+
+
+def component_args(value: Any) -> Any:
+    """An `ir.Call` component value (or a list of them) as `ComponentArgs`; anything else unchanged."""
+    from l3m.dsl.ir import Call
+
+    if isinstance(value, list):
+        return [component_args(v) for v in value]
+    if not isinstance(value, Call):
+        return value
+    from l3m import registry
+
+    out = ComponentArgs()
+    out.name = value.type_name
+    entry = registry.lookup(value.type_name)
+    if entry is not None:
+        with contextlib.suppress(TypeError, ValueError):
+            out.update({k: component_args(v) for k, v in defaults(entry.signature).items()})
+    out.update({k: component_args(v) for k, v in value.kwargs.items()})
+    out.written = frozenset(value.kwargs)
+    return out

@@ -7,12 +7,31 @@ import types
 import typing
 from typing import Any, Literal
 
+from l3m.interfaces import Interface
+
 
 class Symbol(str):
     """A bare name that is not a `let`: valid where a string or a Literal is expected (`dtype = bf16`)."""
 
 
+def is_interface(ann: Any) -> bool:
+    return isinstance(ann, type) and issubclass(ann, Interface) and ann is not Interface
+
+
+def interfaces_in(ann: Any) -> list[type[Interface]]:
+    """The interfaces an annotation accepts (`AttentionLayer | None` -> [AttentionLayer]), through
+    unions and list element types."""
+    if is_interface(ann):
+        return [ann]
+    out: list[type[Interface]] = []
+    for a in typing.get_args(ann):
+        out += [i for i in interfaces_in(a) if i not in out]
+    return out
+
+
 def describe(value: Any) -> str:
+    if getattr(value, "is_component", False):
+        return f"the component '{getattr(value, 'type_name', None) or getattr(value, 'name', '?')}(...)'"
     if isinstance(value, Symbol):
         return f"the undefined name '{value}'"
     if isinstance(value, bool):
@@ -32,6 +51,8 @@ def describe(value: Any) -> str:
 
 def type_name(ann: Any) -> str:
     origin = typing.get_origin(ann)
+    if is_interface(ann):
+        return f"{'an' if ann.__name__[0] in 'AEIOU' else 'a'} {ann.__name__} component"
     if ann is type(None) or ann is None:
         return "null"
     if origin is Literal:
@@ -51,7 +72,11 @@ def mismatch(value: Any, ann: Any) -> str | None:
         return None
     origin = typing.get_origin(ann)
     ok: bool
-    if ann is type(None) or ann is None:
+    if is_interface(ann):
+        ok = getattr(value, "is_component", False)
+    elif getattr(value, "is_component", False) and not interfaces_in(ann):
+        ok = False  # a component where the parameter takes none
+    elif ann is type(None) or ann is None:
         ok = value is None
     elif origin is Literal:
         ok = any(_same_literal(value, a) for a in typing.get_args(ann))

@@ -42,6 +42,7 @@ class L3mLexer(RegexLexer):
             (rf"(loss|metric)(\s+)({_NAME})(\s*)(:)",
              bygroups(Keyword.Declaration, Whitespace, Name.Label, Whitespace, Punctuation)),
             (rf"(optimizer|schedule)(\s+)(?={_NAME})", bygroups(Keyword.Declaration, Whitespace)),
+            (rf"(default)(\s+)(?={_NAME}\s*\()", bygroups(Keyword.Declaration, Whitespace)),
             (r"(preprocessor|trunk|postprocessor|head|train|mesh|log|data|keys)(\s*)(\{)",
              bygroups(Keyword.Reserved, Whitespace, Punctuation)),
             (r"(weight)(\s+)(?=(?!->)[-+0-9.(]|[A-Za-z_])", bygroups(Keyword, Whitespace)),

@@ -8,6 +8,9 @@ model a `.l3m` file builds, proves on the meta device that they fit it exactly (
 left over or mis-shaped; nothing is allocated), and writes them as safetensors that
 `l3m eval FILE --checkpoint OUT` and `load_pretrained` read. An export is the inverse, so
 foreign -> l3m -> foreign gives back the very same tensors.
+
+Whole model folders that other libraries load directly (config, weights, tokenizer) are
+`l3m export RUN OUT --format hf|timm` (`l3m.interop.export`, `hf`, `timm_export`).
 """
 
 from __future__ import annotations
@@ -128,7 +131,10 @@ def export_main(kind: str, src: str, l3m_file: str, out: str, overrides: Sequenc
     def body() -> str:
         _converters(kind)
         model = _model(l3m_file, overrides)
-        state = read_weights(src)
+        from l3m.interop.finetune_export import plain_structure
+
+        to_plain = plain_structure(model, kind)  # LoRA merged into the weights (l3m.model.adapters)
+        state = to_plain(read_weights(src))
         _fits(model, state)
         tensors = export_weights(kind, state, model)
         save_safetensors(tensors, out, {"producer": "l3m", "kind": kind})

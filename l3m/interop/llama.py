@@ -69,6 +69,8 @@ def _check_transformer(t: Transformer, where: str) -> None:
         attn = layer.attn
         if attn is None or layer.cross_attn is not None or not isinstance(attn.q_norm, nn.Identity):
             problems.append("self-attention only (attention = true, no cross-attention, qk_norm = false)")
+        elif getattr(attn, "pos", None) is not None:  # its own positions (Rope2d ...), not the trunk's RoPE
+            problems.append(f"the trunk's rotate-half RoPE, not attention pos = {type(attn.pos).__name__}")
         if not (isinstance(layer.mlp, MLP) and layer.mlp.w3 is not None and layer.mlp.act == "silu"):
             problems.append("mlp = swiglu (no MoE)")
         if not (isinstance(layer.norm1, RMSNorm) and isinstance(layer.norm2, RMSNorm)):

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from l3m.durable import atomic_output
 from l3m.model.core import MetaModel
 
 Tensors = list[torch.Tensor]
@@ -186,8 +187,5 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, meta
         ptr = t.untyped_storage().data_ptr()
         out[name] = t.clone() if ptr in seen else t
         seen.add(ptr)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    save_file(out, str(tmp), metadata={"format": "pt", **metadata})
-    tmp.replace(target)
+    with atomic_output(path) as tmp:  # an ordinary file's mode, whole or absent
+        save_file(out, str(tmp), metadata={"format": "pt", **metadata})

@@ -62,6 +62,10 @@ def _check_transformer(t: Transformer, where: str) -> None:
     for layer in t.layers:
         if layer.attn is None or layer.cross_attn is not None:
             problems.append("self-attention only")
+        elif getattr(layer.attn, "pos", None) is not None:
+            problems.append(f"no attention pos (it has {type(layer.attn.pos).__name__}; timm's ViT has no RoPE)")
+        elif getattr(layer.attn, "causal", False):
+            problems.append("causal = false")
         if not (isinstance(layer.mlp, MLP) and layer.mlp.w3 is None and layer.mlp.act == "gelu"):
             problems.append("mlp = gelu (no MoE)")
         if not (isinstance(layer.norm1, LayerNorm) and isinstance(layer.norm2, LayerNorm)):

@@ -19,7 +19,7 @@ from l3m.lsp.positions import Pos
 
 K = t.CompletionItemKind
 TOP_KEYWORDS = ("let", "import", "extension", "keys", "data", "model", "def", "loss", "metric", "optimizer",
-                "schedule", "train", "mesh", "log")
+                "schedule", "train", "mesh", "log", "default")
 DTYPES = ("float", "long", "int", "bool")
 
 
@@ -44,6 +44,24 @@ def _value_items(doc: Document, options: list[str]) -> list[t.CompletionItem]:
     if not options:
         items += [t.CompletionItem(w, kind=K.Keyword, sort_text=f"2{w}") for w in ("true", "false", "null")]
     return items
+
+
+def _components(ann: typing.Any, doc: Document) -> list[t.CompletionItem]:
+    """The entries that fit a component parameter (`attn: AttentionLayer | None`), as calls to write."""
+    from l3m.dsl.typecheck import interfaces_in
+
+    wanted = {i.__name__ for i in interfaces_in(ann)} if ann is not None else set()
+    if not wanted:
+        return []
+    pool = entries.names(tuple(registry_kinds()), doc.compiled)
+    return [t.CompletionItem(e.name, kind=K.Class, detail=" / ".join(e.interfaces), insert_text=f"{e.name}()",
+                             sort_text=f"0{e.name}") for e in pool if wanted & set(getattr(e, "interfaces", ()) or ())]
+
+
+def registry_kinds() -> tuple[str, ...]:
+    from l3m import registry
+
+    return registry.KINDS
 
 
 def _lets(doc: Document) -> dict[str, str]:
@@ -114,13 +132,15 @@ def items_for(doc: Document, ctx: Context) -> list[t.CompletionItem]:
                 for p in _template_params(doc, ctx.call or "") if p.name not in ctx.given]
     if kind == "value":
         options: list[str] = []
+        components: list[t.CompletionItem] = []
         entry = entries.lookup(ctx.call, doc.compiled) if ctx.call and ctx.arg else None
         if entry is not None:
             p = next((p for p in entries.params(entry) if p.name == ctx.arg), None)
             if p is not None:
                 options = _literal_options(getattr(entry, "type_hints", {}).get(ctx.arg)) or \
                     _literal_options(entries.annotation(p))
-        return _value_items(doc, options)
+                components = _components(getattr(entry, "type_hints", {}).get(ctx.arg), doc)
+        return components + _value_items(doc, options)
     if kind == "section_key":
         if ctx.section not in SECTION_SCHEMAS:
             return []

@@ -7,6 +7,7 @@ document and the open files it imports are checked as they are on screen, and no
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,8 +18,10 @@ from l3m.dsl.ir import Program
 from l3m.dsl.limits import MAX_FILE_BYTES
 from l3m.dsl.parser import ParseFailure, parse
 from l3m.dsl.source import source_overlay
+from l3m.lsp.incremental import IncrementalParser
 from l3m.lsp.index import Occurrence, find, occurrences
 from l3m.lsp.positions import Pos, same_file
+from l3m.lsp.resolve_memo import ResolveMemo
 
 _COMMENT_OR_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*')
 
@@ -29,9 +32,17 @@ def _meaningful(text: str) -> str:
     return "\n".join(line.rstrip() for line in stripped.split("\n")).rstrip("\n")
 
 
-def compile_text(path: str, text: str, others: dict[str, str] | None = None) -> Compiled:
-    """Compile `text` as the file `path` (which need not exist); `others`: unsaved texts of other files."""
-    with source_overlay({**(others or {}), path: text}):
+def compile_text(path: str, text: str, others: dict[str, str] | None = None,
+                 parser: IncrementalParser | None = None, memo: ResolveMemo | None = None) -> Compiled:
+    """Compile `text` as the file `path` (which need not exist); `others`: unsaved texts of other files;
+    `parser`: parse incrementally, reusing the unchanged pieces of its last parse; `memo`: replay the node
+    calls of the last compile that nothing changed (both give the same result as without them)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(source_overlay({**(others or {}), path: text}))
+        if parser is not None:
+            stack.enter_context(parser.active())
+        if memo is not None:
+            stack.enter_context(memo.active(parser.moved if parser is not None else None))
         return compile_file(path)
 
 
@@ -48,6 +59,8 @@ class Document:
     _module_text: str | None = field(default=None, repr=False)
     _occ: list[Occurrence] | None = field(default=None, repr=False)
     _others: dict[str, str] | None = field(default=None, repr=False)  # the other buffers of the last compile
+    parser: IncrementalParser = field(default_factory=IncrementalParser, repr=False)  # its pieces, and imports'
+    memo: ResolveMemo = field(default_factory=ResolveMemo, repr=False)  # its node calls
 
     @property
     def lines(self) -> list[str]:
@@ -62,7 +75,7 @@ class Document:
         if not force and self._same_tokens(text, others):
             self.compiled_text = text
             return self.compiled
-        compiled = compile_text(self.path, text, others)
+        compiled = compile_text(self.path, text, others, self.parser, self.memo)
         self.compiled, self.compiled_text, self._others = compiled, text, others
         if compiled.program is not None:
             self.last_program = compiled.program
@@ -82,7 +95,8 @@ class Document:
             self._module_text = self.text
             self._occ = None
             try:
-                self._module = parse(self.text, self.display_name())
+                with self.parser.active():
+                    self._module = parse(self.text, self.display_name())
             except ParseFailure:
                 self._module = None
         return self._module

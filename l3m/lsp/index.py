@@ -83,6 +83,8 @@ def occurrences(mod: a.Module) -> list[Occurrence]:
                 stack += [x.left, x.right]
             elif isinstance(x, a.Neg):
                 stack.append(x.operand)
+            elif isinstance(x, a.CallExpr):  # a component value: `pos = Rope2d(base = 100)`
+                call(x, "component")
 
     def call(c: a.CallExpr, role: str) -> None:
         add(Occurrence(c.span, "type", (c, role)))
@@ -139,6 +141,8 @@ def occurrences(mod: a.Module) -> list[Occurrence]:
         node(n, "loss")
     for n in mod.metrics:
         node(n, "metric")
+    for dflt in getattr(mod, "defaults", ()):  # `default Attention(pos = Rope2d())`
+        call(dflt.call, "default")
     for c in mod.optimizer:
         call(c, "optimizer")
     for c in mod.schedule:

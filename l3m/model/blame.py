@@ -15,8 +15,12 @@ Criterion's frame holds the name of the loss or metric it ran.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import sysconfig
+import traceback
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType, TracebackType
 
 import torch
@@ -79,8 +83,38 @@ class BlockFailure(ProgramError):
         if code == BLOCK_FAILED:
             help_ = ("check this node's arguments (`l3m blocks -v` lists each constructor's)" if building else
                      "the error was raised while this node ran; set L3M_DEBUG=1 to see the traceback")
-        diag = Diagnostic(code, f"{describe(node)} {verb}: {text}", node.span, help_, list(notes or []))
+        notes = list(notes or [])
+        origin = code_origin(error) if code == BLOCK_FAILED else None
+        if origin is not None:
+            notes.append(origin)
+        diag = Diagnostic(code, f"{describe(node)} {verb}: {text}", node.span, help_, notes)
         super().__init__(diag, f"{node.span}: {node.path}: {node.call.type_name}: {text}")
+
+
+_LIBRARY_DIRS = tuple(str(Path(p).resolve()) + os.sep for p in {
+    Path(__file__).resolve().parents[1],  # l3m itself
+    Path(torch.__file__).resolve().parent,
+    *(sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")),
+} if p)
+
+
+def code_origin(error: BaseException) -> tuple[str, Span] | None:
+    """`("raised in forward()", file:line:col)` of the innermost frame of `error`'s traceback in the
+    user's own Python code (an extension block), not in l3m, torch or installed libraries; None when
+    the error came from library code alone (a built-in block) or has no traceback."""
+    for fs in reversed(traceback.extract_tb(error.__traceback__)):
+        file = fs.filename
+        if file.startswith("<") or not os.path.isfile(file):
+            continue
+        full = str(Path(file).resolve())
+        if full.startswith(_LIBRARY_DIRS):
+            continue
+        shown = os.path.relpath(full) if full.startswith(os.getcwd() + os.sep) else full
+        line = fs.lineno or 1
+        col = (fs.colno or 0) + 1
+        end = (fs.end_colno or 0) + 1 if fs.end_lineno == fs.lineno else col
+        return f"raised in {fs.name}()", Span(shown, line, col, line, max(end, col))
+    return None
 
 
 def _strip_where(text: str, node: Node) -> str:

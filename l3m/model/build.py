@@ -15,10 +15,12 @@ import torch
 from torch import nn
 
 from l3m.dsl.diagnostics import Diagnostic
-from l3m.dsl.ir import Call, Node, Program
-from l3m.model.blame import GLOB_CODE, BlockFailure, ProgramError, setting_span
+from l3m.dsl.ir import Call, Node, Program, Span
+from l3m.model.blame import GLOB_CODE, BlockFailure, ProgramError, error_text, setting_span
+from l3m.model.components import Factory
 from l3m.model.core import MetaModel, ReadWriteBlock, bind_outputs, bind_ports
 from l3m.model.naming import tie_matches
+from l3m.model.sharing import apply_shares
 from l3m.registry import Entry, load_builtins, lookup
 
 
@@ -35,7 +37,61 @@ def entry_for(call: Call, kinds: Sequence[str], where: str) -> Entry:
 
 def instantiate(call: Call, entry: Entry) -> Any:
     """Call the registered class with the file's arguments (positional ones folded into keywords)."""
-    return entry.obj(**call.kwargs_for(entry.signature))
+    return entry.obj(**{k: components(v) for k, v in call.kwargs_for(entry.signature).items()})
+
+
+class ComponentFailure(ValueError):
+    """A component (`attn = Attention(pos = Rope2d())`) refused its arguments while its host built it."""
+
+    def __init__(self, name: str, span: Span | None, error: BaseException) -> None:
+        self.name, self.span, self.error = name, span, error
+        super().__init__(f"component {name}{f' at {span}' if span is not None else ''}: {error_text(error)}")
+
+
+class SpannedFactory(Factory):
+    """A Factory that remembers where the file wrote its call, so a failure names the component."""
+
+    def __init__(self, name: str, constructor: Any, kwargs: dict[str, Any], span: Span | None) -> None:
+        super().__init__(name, constructor, kwargs)
+        self.span = span
+
+    def __call__(self, **context: Any) -> Any:
+        try:
+            return super().__call__(**context)
+        except ComponentFailure:
+            raise
+        except Exception as e:  # the component's own constructor refused: the file's mistake, at its call
+            raise ComponentFailure(self.name, self.span, e) from e
+
+
+def components(value: Any) -> Any:
+    """Component values (`ir.Call` as an argument value, nested, also inside lists) as Factories
+    (`l3m.model.components.as_factory`'s, remembering their spans); other values unchanged."""
+    if isinstance(value, list):
+        return [components(v) for v in value]
+    if not isinstance(value, Call):
+        return value
+    load_builtins()
+    entry = lookup(value.type_name)
+    if entry is None:
+        raise ComponentFailure(value.type_name, value.type_span, ValueError(f"unknown component {value.type_name!r}"))
+    kwargs = {k: components(v) for k, v in value.kwargs_for(entry.signature).items()}
+    return SpannedFactory(value.type_name, entry.obj, kwargs, value.type_span)
+
+
+def block_kwargs(node: Node, entry: Entry) -> dict[str, Any]:
+    """The node's constructor arguments, with component values turned into Factories."""
+    kwargs = node.call.kwargs_for(entry.signature)
+    try:
+        return {k: components(v) for k, v in kwargs.items()}
+    except ComponentFailure as e:
+        raise _failure(node, e) from e
+
+
+def _failure(node: Node, error: BaseException) -> BlockFailure:
+    """The block could not be built; a failing component is named with its own `file:line:col`."""
+    notes = [(f"in component {error.name}", error.span)] if isinstance(error, ComponentFailure) else None
+    return BlockFailure(node, error, building=True, notes=notes)
 
 
 def bind_node(node: Node, module: nn.Module, entry: Entry) -> ReadWriteBlock:
@@ -140,7 +196,8 @@ def build_model(
     """The program's MetaModel, its blocks built under `device` (meta: shapes only, no memory).
 
     `schedule` is the execution order (block node paths, e.g. from `l3m.dsl.schedule`); the
-    default is declaration order. `train.freeze` globs are applied here.
+    default is declaration order. `train.freeze` globs are applied here, and a model with adapters
+    (LoRA, Adapter) freezes the rest but `train.trainable` (l3m.model.adapters).
     """
     declared, ordered = _ordered_blocks(program, schedule)
     paths = {n.path: module_path(n) for n in declared}
@@ -149,19 +206,28 @@ def build_model(
     with torch.device(device):
         for node in declared:
             entry = entry_for(node.call, ("block",), f"{node.span}: {node.path}")
-            kwargs[node.path] = node.call.kwargs_for(entry.signature)
+            kwargs[node.path] = block_kwargs(node, entry)
             try:
                 module = entry.obj(**kwargs[node.path])
             except Exception as e:  # the block's own constructor refused its arguments: the file's mistake
-                raise BlockFailure(node, e, building=True) from e
+                raise _failure(node, e) from e
             bound.append((paths[node.path], bind_node(node, module, entry)))
     model = MetaModel(bound, schedule=[paths[n.path] for n in ordered])
     _apply_ties(model, declared, kwargs, paths)
+    apply_shares(model, declared, kwargs, paths)  # `share = "<block>"` (l3m.model.sharing)
     try:
         freeze(model, program.section("train").get("freeze") or [])
     except ValueError as e:
         example = next((n for n, _ in model.named_parameters()), "")
         raise ProgramError(Diagnostic(GLOB_CODE, f"train.freeze: {e}", setting_span(program, "train", "freeze"),
+                                      f"patterns match full parameter names, such as '{example}'")) from e
+    from l3m.model.adapters import freeze_base
+
+    try:
+        freeze_base(model, program.section("train").get("trainable") or [])
+    except ValueError as e:
+        example = next((n for n, _ in model.named_parameters()), "")
+        raise ProgramError(Diagnostic(GLOB_CODE, f"train.trainable: {e}", setting_span(program, "train", "trainable"),
                                       f"patterns match full parameter names, such as '{example}'")) from e
     return model
 

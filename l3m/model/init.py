@@ -114,6 +114,20 @@ def check_initialised(model: nn.Module) -> nn.Module:
             if (t.is_floating_point() or t.is_complex()) and bool(torch.isnan(getattr(t, "_local_tensor", t)).any())]
     if left:
         raise RuntimeError(
-            f"{len(left)} tensor(s) were not initialised by init_weights(): {', '.join(left)}"
+            f"{len(left)} tensor(s) were not initialised by init_weights(): {', '.join(_owner(model, n) for n in left)}; "
+            "every module that owns parameters or buffers defines init_weights() filling its own tensors "
+            "(docs/blocks.md)"
         )
     return model
+
+
+def _owner(model: nn.Module, name: str) -> str:
+    """`name (Type has no init_weights())`: the tensor and the class that should have written it."""
+    path, _, _ = name.rpartition(".")
+    try:
+        owner = model.get_submodule(path) if path else model
+    except AttributeError:
+        return name
+    cls = type(owner).__name__
+    has = callable(getattr(owner, "init_weights", None)) or callable(getattr(owner, "reset_parameters", None))
+    return f"{name} ({cls}{'.init_weights() does not fill it' if has else ' has no init_weights()'})"

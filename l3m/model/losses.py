@@ -36,11 +36,14 @@ class PixelLoss(nn.Module):
     it so). The first `prefix_len[b]` patches of sample b (its visible prefix) are not scored.
     With `shift`, prediction i is scored against patch i+1 (next-patch prediction). The mean is
     over every scored patch of the batch (not per sample first).
+
+    With `mask` (bool `[B, N]`, True = masked, as RandomMask writes it) only the masked patches are
+    scored (MAE's objective: reconstruct what the encoder did not see).
     """
 
     outputs = ("loss",)
     shapes = ("image: float[B, in_chans, H, W], pred: float[B, (H // patch) * (W // patch), patch * patch * in_chans], "
-              "prefix_len: [B] -> loss: float[]")
+              "prefix_len: [B], mask: bool[B, (H // patch) * (W // patch)] -> loss: float[]")
     checks = (
         ("patch >= 1", "patch ({patch}) must be at least 1"),
         ("H % patch == 0 and W % patch == 0", "the image ({H}x{W}) does not divide into patches of {patch}x{patch}"),
@@ -60,7 +63,8 @@ class PixelLoss(nn.Module):
             t = (t - t.mean(dim=-1, keepdim=True)) / (t.var(dim=-1, keepdim=True, unbiased=self.unbiased) + self.eps).sqrt()
         return t
 
-    def forward(self, pred: torch.Tensor, image: torch.Tensor, prefix_len: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, pred: torch.Tensor, image: torch.Tensor, prefix_len: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         target = self.target(image)
         pred = pred.float()
         if pred.shape != target.shape:
@@ -69,9 +73,16 @@ class PixelLoss(nn.Module):
         if self.shift:
             pred, target, index = pred[:, :-1], target[:, 1:], index[1:]
         err = (pred - target).pow(2).mean(dim=-1)  # [B, N]
-        if prefix_len is None:
+        if prefix_len is None and mask is None:
             return err.mean()
-        keep = (index[None, :] >= prefix_len.to(target.device)[:, None]).float()
+        keep = torch.ones_like(err)
+        if prefix_len is not None:
+            keep = keep * (index[None, :] >= prefix_len.to(target.device)[:, None]).float()
+        if mask is not None:
+            if mask.shape != (err.shape[0], index.shape[0] + int(self.shift)):
+                raise ValueError(f"mask {tuple(mask.shape)} does not cover the {target.shape[1] + int(self.shift)} "
+                                 "patches of each image")
+            keep = keep * mask[:, index].to(device=err.device, dtype=err.dtype)
         return (err * keep).sum() / keep.sum().clamp(min=1.0)
 
 
@@ -134,6 +145,11 @@ class LMCrossEntropy(nn.Module):
 
     outputs = ("loss",)
     shapes = "logits: float[B, N, V], targets: long[B, N] < V -> loss: float[]"
+    # Traits (l3m.traits): normalised over the ranks holding different tokens; a shift needs the next token.
+    group_over = "tokens"
+    context_parallel = property(lambda self: "whole" if self.shift else "local")
+    context_parallel_note = ("with shift = true it pairs each token with the next one, which another context-parallel "
+                             "rank may hold; have the data write shifted targets (as TextBytes does) and use shift = false")
 
     def __init__(self, shift: bool = False, ignore_index: int = -100, z_loss: float = 0.0, vocab_parallel: bool = False):
         super().__init__()
@@ -201,6 +217,10 @@ class ClipLoss(nn.Module):
 
     outputs = ("loss",)
     shapes = "image_emb: float[B, D], text_emb: float[B, D], logit_scale: float[] -> loss: float[]"
+    # Traits (l3m.traits): gathers over the ranks holding different samples; compares whole samples.
+    group_over = "samples"
+    context_parallel = "whole"
+    context_parallel_note = "it compares whole samples; use mesh.cp = 1"
 
     def __init__(self, gather: bool = True):
         super().__init__()

@@ -27,6 +27,7 @@ from l3m.dsl import Compiled, compile_file
 from l3m.dsl.diagnostics import Diagnostic, render_text
 from l3m.model.blame import ProgramError, blame
 from l3m.model.patterns import check_init_globs, unused_no_decay
+from l3m.term import color_enabled
 from l3m.train import rank_errors
 from l3m.train.candidates import no_checkpoint_message
 from l3m.train.checkpoint import (
@@ -38,7 +39,7 @@ from l3m.train.checkpoint import (
 )
 from l3m.train.engine import CheckpointMismatch, NonFiniteError, Trainer, evaluate, load_weights
 from l3m.train.export import export_checkpoint, load_pretrained, read_weights
-from l3m.train.logging import ConsoleSink, RunLogger
+from l3m.train.logging import MESSAGES, ConsoleSink, RunLogger
 from l3m.train.preempt import Preempted, handle_stop_signals
 from l3m.train.resume_changes import check_resume, jsonable, mismatch_message
 from l3m.train.rundir import append_history, default_run_dir, read_history, resolved, write_program_record
@@ -69,7 +70,7 @@ def _err(rt: Runtime | None, text: str) -> None:
 def _print_diagnostics(rt: Runtime, diags: Sequence[Diagnostic], sources) -> None:
     if rt.is_main:
         for d in diags:
-            print(render_text(d, sources, color=sys.stderr.isatty()), file=sys.stderr, flush=True)
+            print(render_text(d, sources, color=color_enabled(sys.stderr)), file=sys.stderr, flush=True)
 
 
 def _print_program_error(rt: Runtime | None, e: ProgramError, sources) -> None:
@@ -77,7 +78,7 @@ def _print_program_error(rt: Runtime | None, e: ProgramError, sources) -> None:
     if os.environ.get("L3M_DEBUG"):
         traceback.print_exception(e.__cause__ or e, file=sys.stderr)
     if rt is None or rt.is_main:
-        print(render_text(e.diagnostic, sources, color=sys.stderr.isatty()), file=sys.stderr, flush=True)
+        print(render_text(e.diagnostic, sources, color=color_enabled(sys.stderr)), file=sys.stderr, flush=True)
     else:
         print(f"error (rank {rt.rank}): {e}", file=sys.stderr, flush=True)
 
@@ -98,25 +99,35 @@ class InitFromError(ValueError):
     """`train.init_from` names weights that do not fit the model (reported like any bad value: exit 1)."""
 
 
+def init_files(init_from: str | list[str]) -> list[str]:
+    """`train.init_from` as the list of files it names (one file, or several loaded in order)."""
+    return [init_from] if isinstance(init_from, str) else list(init_from)
+
+
 def _init_from(session, logger) -> None:
     """Load `train.init_from` into the fresh model: the tensors it selects must fit exactly; model
-    tensors it does not provide (a new head) keep their initialisation and are listed."""
+    tensors it does not provide (a new head) keep their initialisation and are listed. Several files
+    load in order into one set of tensors (a base model, then adapters trained on it)."""
     t = session.train
+    files = init_files(t.init_from)
+    shown = ", ".join(files)
     rename = dict(pair.split("=", 1) for pair in t.init_rename)
-    try:
-        weights = read_weights(t.init_from)
-    except (OSError, ValueError) as e:
-        raise InitFromError(f"train.init_from: cannot read '{t.init_from}': {e}") from e
-    check_init_globs(session.program, t.init_from, weights)
+    weights: dict = {}
+    for f in files:
+        try:
+            weights.update(read_weights(f))
+        except (OSError, ValueError) as e:
+            raise InitFromError(f"train.init_from: cannot read '{f}': {e}") from e
+    check_init_globs(session.program, shown, weights)
     try:
         report = load_pretrained(session.model, weights, include=t.init_include, exclude=t.init_exclude,
                                  rename=rename, strict=False)
     except (OSError, ValueError) as e:
-        raise InitFromError(f"train.init_from: cannot read '{t.init_from}': {e}") from e
+        raise InitFromError(f"train.init_from: cannot read '{shown}': {e}") from e
     if report.unexpected or report.mismatched:
-        raise InitFromError(f"train.init_from: '{t.init_from}' does not fit the model: {report.summary()} "
+        raise InitFromError(f"train.init_from: '{shown}' does not fit the model: {report.summary()} "
                             "(select tensors with train.init_include / init_exclude, rename with train.init_rename)")
-    logger.info(f"initialised from {t.init_from}: {report.summary()}")
+    logger.info(f"initialised from {shown}: {report.summary()}")
 
 
 def _barrier(rt: Runtime) -> None:
@@ -347,7 +358,7 @@ def run_eval(path: str, overrides: Sequence[str], checkpoint: str, extensions: S
     if source.is_file():
         report = load_pretrained(session.model, source, strict=True)
         if rt.is_main:
-            print(report.summary(), flush=True)
+            MESSAGES.info(report.summary())
     else:
         ckpt = resolve_checkpoint(source, report=lambda t: _err(rt, t))
         load_weights(session, ckpt)
@@ -372,12 +383,15 @@ def eval_main(path: str, overrides: Sequence[str], checkpoint: str, extensions: 
     """Evaluate a trained run (`--checkpoint`: run directory, checkpoint or weights file) on every
     data source other than `train` (on `train` when there is no other) and print the results."""
     rt: Runtime | None = None
+    console: ConsoleSink | None = None
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
         rt = init_runtime()
+        if rt.is_main:  # shows what the library logs meanwhile (l3m.train.logging); plain off a terminal
+            console = ConsoleSink("rich", total_steps=0).attach()
         step, results = run_eval(path, overrides, checkpoint, extensions, rt)
-        if rt.is_main:
-            console = ConsoleSink("rich" if sys.stdout.isatty() else "plain", total_steps=max(step, 0))
+        if console is not None:
+            console.total = max(step, 0)
             for name, res in results.items():
                 console.record({"split": name, "step": step, **res})
         return 0
@@ -390,16 +404,18 @@ def eval_main(path: str, overrides: Sequence[str], checkpoint: str, extensions: 
         _err(rt, str(e))
         return 1
     finally:
+        if console is not None:
+            console.close()
         torch.use_deterministic_algorithms(deterministic_before)
         shutdown_runtime(rt)
 
 
-def export_main(run_dir_or_checkpoint: str, out_path: str) -> int:
+def export_main(run_dir_or_checkpoint: str, out_path: str, ema: bool = False) -> int:
     """Write the model weights of a run's newest complete checkpoint (or of one checkpoint
-    directory) to `out_path` as a consolidated safetensors file."""
+    directory) to `out_path` as a consolidated safetensors file (`ema`: the weight averages)."""
     try:
         ckpt = resolve_checkpoint(run_dir_or_checkpoint, report=lambda t: print(f"warning: {t}", file=sys.stderr))
-        info = export_checkpoint(ckpt, out_path)
+        info = export_checkpoint(ckpt, out_path, ema=ema)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import pickle
 import random
@@ -68,6 +69,7 @@ _STEP_DIR = re.compile(r"step_(\d+)\Z")
 _TENSOR = "__dcp__"
 _ITEMS = "__items__"
 _TUPLE = "__tuple__"
+log = logging.getLogger(__name__)  # what `report` says when the caller passes none (a damaged checkpoint)
 
 
 def step_dir_name(step: int) -> str:
@@ -288,9 +290,9 @@ class CheckpointManager:
     """
 
     def __init__(self, root: str | Path, keep: int = 2, *, rank: int = 0,
-                 report: Callable[[str], None] = print) -> None:
+                 report: Callable[[str], None] | None = None) -> None:
         self.root = Path(root)
-        self.keep, self.rank, self.report = keep, rank, report
+        self.keep, self.rank, self.report = keep, rank, report or log.warning
 
     # listing
 
@@ -507,7 +509,7 @@ def load_model_tensors(path: Path, prefix: str = "model/") -> dict[str, torch.Te
     return {k[len(prefix):]: v for k, v in target.items()}
 
 
-def resolve_checkpoint(path: str | Path, report: Callable[[str], None] = print) -> Path:
+def resolve_checkpoint(path: str | Path, report: Callable[[str], None] | None = None) -> Path:
     """A checkpoint directory from a run directory, its `ckpt/` or one `step_*` directory.
 
     For a run, the newest checkpoint that verifies; a named step directory must verify itself.

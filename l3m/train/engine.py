@@ -21,10 +21,15 @@ Evaluation runs on every data source other than `train`, in eval mode under `tor
 with the training autocast; each result is computed from statistics summed over the whole set
 (all ranks): token-weighted for token losses and perplexity, sample-weighted otherwise; the
 wrap-around samples that even out the ranks' batches are left out.
+
+With `train.ema` a moving average of the trainable weights (`l3m.train.ema`) is updated after each
+optimizer step, checkpointed under `ema/`, restored on resume, and evaluated in place of the
+weights with `train.eval_ema`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +40,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_model_state_dict, set_state_dict
 
+from l3m.config import compile_mode
 from l3m.data.loader import VALID_KEY, StatefulLoader
 from l3m.data.sources.mixture import mixture_counts
 from l3m.train import faults, perf
@@ -50,6 +56,7 @@ from l3m.train.checkpoint import (
     split_state,
     tensor_keys,
 )
+from l3m.train.ema import WeightsEMA
 from l3m.train.logging import MetricsFile, RunLogger
 from l3m.train.preempt import Preempted, StopSignals
 from l3m.train.safe_dcp import UnsafeCheckpoint
@@ -207,6 +214,7 @@ class Trainer:
         self.program_record: dict[str, Any] | None = None  # the resolved program, kept in each checkpoint
         self.pending_eval = False  # an evaluation a stop deferred (run first on resume)
         self._control = _control_group()
+        self.ema: WeightsEMA | None = None  # `train.ema`: made from the weights the run starts from
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -234,6 +242,8 @@ class Trainer:
             shared["program"] = self.program_record
         if self.pending_eval:
             shared["pending_eval"] = True
+        if self.ema is not None:
+            shared["ema"] = self.ema.state_dict()
         return shared, {"rank": self.s.runtime.rank, "rng": rng_state()}
 
     def restore(self, found: Found) -> int:
@@ -266,6 +276,8 @@ class Trainer:
         model_sd = {f"model.{k}": v for k, v in state["model"].items()}
         model_sd.update({f"criterion.{k}": v for k, v in state.get("criterion", {}).items()})
         set_state_dict(self.s.holder, self.s.optimizer, model_state_dict=model_sd, optim_state_dict=state["optim"])
+        if self.cfg.ema > 0:
+            self._restore_ema(found.path, skeleton)
         realign = self._apply_hyper_parameters(fresh)
         if self.s.scheduler is not None and state.get("schedule"):
             realign |= self._load_schedule(dict(state["schedule"]))
@@ -284,6 +296,22 @@ class Trainer:
                                 "dropout and other random ops will not repeat the original run")
         self.step = int(state["step"])
         return self.step
+
+    def _make_ema(self) -> WeightsEMA:
+        self.ema = WeightsEMA(self.s.named_parameters(), self.cfg.ema, self.cfg.ema_start, self.cfg.ema_device)
+        return self.ema
+
+    def _restore_ema(self, path: Path, skeleton: Mapping[str, Any]) -> None:
+        """The checkpoint's weight averages (`ema/<name>`), or the restored weights when it has none."""
+        ema = self._make_ema()
+        saved = skeleton.get("ema")
+        live = {f"ema/{n}": t for n, t in ema.state_dict().items()}
+        keys = [k for k in tensor_keys(saved) if k in live] if isinstance(saved, dict) else []
+        missing = ema.load({k[len("ema/"):]: v for k, v in load_tensors(path, keys, live).items()}) if keys else \
+            list(ema.shadow)
+        if missing:
+            self.logger.warning(f"{path} holds no weight average (train.ema) of {len(missing)} parameter(s), "
+                                f"e.g. {missing[0]}; their average starts from the restored weights")
 
     def _load_schedule(self, saved: dict[str, Any]) -> bool:
         """The schedule's position from the checkpoint, its shape from the program: a run resumed
@@ -435,7 +463,7 @@ class Trainer:
                 from l3m.plan import plan
 
                 measured = plan(self.s.program, self.s.runtime.world_size,
-                                schedule=self.s.compiled.flow.model_order())["flops_per_sample"]
+                                schedule=self.s.compiled.flow.model_order(), peak=False)["flops_per_sample"]
                 if measured:
                     self._flops = float(measured["total"])
             except Exception as e:  # noqa: BLE001 - MFU is a nicety; a model the planner cannot run still trains
@@ -503,7 +531,8 @@ class Trainer:
         if not self.s.eval_loaders:
             return
         self.check_finite()
-        self.last_eval = evaluate(self.s, max_batches=self.cfg.eval_steps)
+        with self.ema.swapped() if self.ema is not None and self.cfg.eval_ema else contextlib.nullcontext():
+            self.last_eval = evaluate(self.s, max_batches=self.cfg.eval_steps)
         for name, res in self.last_eval.items():
             self.logger.log({"split": name, "step": self.step, **res})
 
@@ -515,6 +544,10 @@ class Trainer:
             self.logger.info(f"already trained for {self.step} of {total} steps; nothing to do")
             return
         self.logger.start(self.step)
+        if self.ema is None and self.cfg.ema > 0:  # after a restore or train.init_from: from those weights
+            self._make_ema()
+        if self.cfg.eval_ema and self.ema is None and self.s.eval_loaders:
+            self.logger.warning("train.eval_ema is set but train.ema is 0: evaluating the trained weights")
         deferred = self.pending_eval
         if deferred:  # the evaluation of the step this run resumes from, deferred by a stop
             self.run_eval()
@@ -525,9 +558,16 @@ class Trainer:
         self._window = (time.perf_counter(), 0, 0, 0)
         self.s.model.train()
         self.s.criterion.train()
+        compiling = self.cfg.compile not in (False, "none")  # this process's first step traces and compiles
         while self.step < total:
             self.step += 1
+            started = time.perf_counter()
             stats = self.train_step()
+            if compiling:
+                compiling = False
+                self._log_compile_time(time.perf_counter() - started)
+            if self.ema is not None:
+                self.ema.update(self.step)
             self._track(stats)
             t0, n, smp, tok = self._window
             self._window = (t0, n + 1, smp + stats.samples, tok + stats.tokens)
@@ -554,6 +594,11 @@ class Trainer:
                 stop = stop or self._stop_requested()
                 if stop:
                     raise Preempted(stop, self.step, str(saved or self.save()))
+
+    def _log_compile_time(self, seconds: float) -> None:
+        mode = compile_mode(self.cfg.compile, self.s.runtime.world_size)
+        what = "each repeated layer" if mode == "blocks" else "the whole model"
+        self.logger.info(f"torch.compile ({mode}: {what}): the first step, compiling included, took {seconds:.1f} s")
 
     def _stop_requested(self) -> int:
         """The stop signal's number when any rank received one, else 0 (the same on every rank)."""
@@ -588,6 +633,10 @@ def load_weights(s: Session, path: Path) -> None:
     tensors = load_tensors(path, keys, live)
     set_model_state_dict(s.holder, {k.replace("/", ".", 1): v for k, v in tensors.items()},
                          options=_non_strict() if len(keys) < len(live) else None)
+    if s.train.eval_ema:  # the weight averages over the trained weights (l3m.train.ema)
+        from l3m.train.ema import load_averages
+
+        load_averages(s, path, saved["state"])
 
 
 def _old_names(skeleton: dict, live_sd: dict) -> str | None:

@@ -23,13 +23,15 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from l3m.durable import atomic_output
 from l3m.model.naming import missing_model_prefix, rename_fix, root_of
 from l3m.train.checkpoint import load_model_tensors, read_state, resolve_checkpoint
 from l3m.train.safe_dcp import UnsafeCheckpoint, check_stored, refusal_reason
 
 
-def export_checkpoint(checkpoint: str | Path, out_path: str | Path) -> dict[str, int]:
-    """Write the model weights of `checkpoint` (a step directory) to `out_path` as safetensors.
+def export_checkpoint(checkpoint: str | Path, out_path: str | Path, ema: bool = False) -> dict[str, int]:
+    """Write the model weights of `checkpoint` (a step directory) to `out_path` as safetensors;
+    with `ema`, the weight averages of `train.ema` in place of the trained weights.
 
     Returns `{"tensors": n, "step": step}`. Tied weights are written under each of their names.
     """
@@ -37,13 +39,14 @@ def export_checkpoint(checkpoint: str | Path, out_path: str | Path) -> dict[str,
 
     path = Path(checkpoint)
     tensors = load_model_tensors(path)
+    if ema:
+        from l3m.train.ema import with_averages
+
+        tensors = with_averages(path, tensors)
     step = int(read_state(path).get("step", -1))
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in sorted(tensors.items())}, str(tmp),
-              metadata={"format": "pt", "producer": "l3m", "step": str(step)})
-    tmp.replace(out)
+    with atomic_output(out_path) as tmp:  # an ordinary file's mode (safetensors alone writes 0600)
+        save_file({k: v.contiguous() for k, v in sorted(tensors.items())}, str(tmp),
+                  metadata={"format": "pt", "producer": "l3m", "step": str(step)})
     return {"tensors": len(tensors), "step": step}
 
 

@@ -1,4 +1,4 @@
-"""Where a run's numbers go: the console, `metrics.jsonl` in the run directory, and wandb.
+"""Where a run's numbers go: the console, `metrics.jsonl` in the run directory, wandb and TensorBoard.
 
 Only rank 0 logs (`RunLogger.null()` elsewhere). `metrics.jsonl` holds one JSON object per
 logged training step (`split = "train"`) and per evaluation (`split = <source name>`); it is
@@ -15,7 +15,14 @@ processes), so a resumed run reads back which steps it holds (the server's step 
 offline files otherwise, see `wandb_offline`), sends again the steps up to the checkpoint that it
 lacks (an offline process killed with SIGKILL saves little), and skips the steps it holds past
 the checkpoint (wandb keeps the values the interrupted run logged for them, which an unchanged
-resume repeats bit for bit). A logger added later (TensorBoard) implements `Sink` the same way.
+resume repeats bit for bit). TensorBoard (`log.tensorboard`, `l3m.train.tensorboard`) implements
+`Sink` the same way.
+
+What a run says goes through Python's `logging`: messages on the `l3m.train` logger, one record
+per metrics line on `l3m.train.metrics` (the record's dict as `l3m_record`). The run's
+`ConsoleSink` is a handler of the `l3m` logger while the run lasts (rich on a terminal, plain
+text on a pipe or file or with `NO_COLOR`, see `l3m.term`); a library user's handlers receive
+the same records (`log.console = "none"` leaves the console to warnings and errors).
 
 Files of the run directory that l3m reads back (`metrics.jsonl`, `wandb_id.txt`, wandb's offline
 files) are opened only when they are regular files (a FIFO would block), read in bounded pieces,
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import math
 import os
 import re
@@ -46,6 +54,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from l3m.config import LogConfig
+from l3m.term import color_enabled
 from l3m.train.perf import human, human_bytes, human_time
 from l3m.train.wandb_offline import held_steps
 
@@ -354,14 +363,47 @@ def format_record(record: Mapping[str, Any], total_steps: int) -> str:
     return " | ".join(parts)
 
 
+MESSAGES = logging.getLogger("l3m.train")  # what a run says (rank 0): info, warnings, errors
+RECORDS = logging.getLogger("l3m.train.metrics")  # one INFO line per metrics record (`.l3m_record`: the dict)
+_LEVELS = ((logging.ERROR, "error"), (logging.WARNING, "warning"), (0, "info"))
+
+
+class _ConsoleHandler(logging.Handler):
+    """Shows the `l3m` loggers' messages and metrics records on a `ConsoleSink`."""
+
+    def __init__(self, sink: ConsoleSink) -> None:
+        super().__init__(logging.WARNING if sink.style == "none" else logging.INFO)
+        self.sink = sink
+
+    def emit(self, rec: logging.LogRecord) -> None:
+        try:
+            record = getattr(rec, "l3m_record", None)
+            if record is not None:
+                self.sink.record(record)
+            else:
+                self.sink.message(rec.getMessage(), next(name for lvl, name in _LEVELS if rec.levelno >= lvl))
+        except Exception:  # noqa: BLE001 - logging's own policy for a handler that fails
+            self.handleError(rec)
+
+
 class ConsoleSink:
-    """Rich (coloured, with a progress bar on a terminal), plain text, or nothing."""
+    """Rich (coloured, with a progress bar on a terminal), plain text, or nothing.
+
+    Rich needs a terminal: on a pipe or a file, or with `NO_COLOR` set (`l3m.term`), it is plain
+    text, without colour or progress-bar codes. While a run's `RunLogger` holds it, it is a
+    handler of the `l3m` logger (`attach`): what the library logs there (`l3m.train` messages,
+    `l3m.train.metrics` records) shows on it, and the same records reach any handler a library
+    user adds (`log.console = "none"` leaves only warnings and errors to it)."""
 
     def __init__(self, style: str, total_steps: int) -> None:
+        if style == "rich" and not color_enabled(sys.stdout):
+            style = "plain"
         self.style, self.total = style, total_steps
         self.console = None
         self.progress = None
         self._task = None
+        self._handler: _ConsoleHandler | None = None
+        self._level = logging.NOTSET
         if style == "rich":
             from rich.console import Console
 
@@ -412,10 +454,26 @@ class ConsoleSink:
             stream = sys.stdout if level == "info" else sys.stderr
             print(("" if level == "info" else f"{level}: ") + text, file=stream, flush=True)
 
+    def attach(self) -> ConsoleSink:
+        """Show the `l3m` loggers' messages (at INFO and above, unless the logger's level was set)."""
+        if self._handler is None:
+            root = logging.getLogger("l3m")
+            self._handler, self._level = _ConsoleHandler(self), root.level
+            root.addHandler(self._handler)
+            if root.level == logging.NOTSET:
+                root.setLevel(logging.INFO)
+        return self
+
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+        if self._handler is not None:
+            root = logging.getLogger("l3m")
+            root.removeHandler(self._handler)
+            if root.level == logging.INFO and self._level == logging.NOTSET:
+                root.setLevel(logging.NOTSET)
+            self._handler = None
 
 
 class Sink(Protocol):
@@ -440,6 +498,8 @@ class RunLogger:
                  others: list[Sink] | None = None) -> None:
         self.console, self.metrics, self.wandb = console, metrics, wandb
         self.sinks: list[Sink] = [x for x in (metrics, wandb) if x is not None] + list(others or [])
+        if console is not None:
+            console.attach()
 
     @classmethod
     def null(cls) -> RunLogger:
@@ -451,15 +511,23 @@ class RunLogger:
         """The run's logger, every log resumed at `start_step` (the checkpoint's step, 0 for a run
         that starts afresh: what an earlier process logged is then dropped or, for wandb, left in
         its own wandb run)."""
-        console = ConsoleSink(log.console, total_steps)
+        console = ConsoleSink(log.console, total_steps).attach()
         metrics = MetricsFile(run_dir / "metrics.jsonl")
         try:
             wandb = WandbSink(run_dir, log, explicit, config, start_step)
         except Exception as e:  # noqa: BLE001 - a broken wandb install must not stop training
-            console.message(f"wandb is off: {type(e).__name__}: {e}" if not isinstance(e, UnusableLog)
-                            else f"wandb is off: {e}", "warning")
+            MESSAGES.warning(f"wandb is off: {type(e).__name__}: {e}" if not isinstance(e, UnusableLog)
+                             else f"wandb is off: {e}")
             wandb = None
-        logger = cls(console, metrics, wandb)
+        others: list[Sink] = []
+        if getattr(log, "tensorboard", False):
+            from l3m.train.tensorboard import TensorBoardSink
+
+            try:
+                others.append(TensorBoardSink(run_dir))
+            except (ImportError, OSError) as e:  # like wandb: a missing package does not stop training
+                MESSAGES.warning(f"tensorboard is off: {e}")
+        logger = cls(console, metrics, wandb, others)
         logger.resume(start_step)
         return logger
 
@@ -483,20 +551,20 @@ class RunLogger:
         record.setdefault("time", time.time())
         for sink in self.sinks:
             sink.log(record)
-        if self.console:
-            self.console.record(record)
+        if self.console:  # rank 0: through the `l3m.train.metrics` logger to the console and any handler
+            RECORDS.info(format_record(record, self.console.total), extra={"l3m_record": record})
 
     def info(self, text: str) -> None:
         if self.console:
-            self.console.message(text, "info")
+            MESSAGES.info(text)
 
     def warning(self, text: str) -> None:
         if self.console:
-            self.console.message(text, "warning")
+            MESSAGES.warning(text)
 
     def error(self, text: str) -> None:
         if self.console:
-            self.console.message(text, "error")
+            MESSAGES.error(text)
 
     def close(self, exit_code: int = 0) -> None:
         if self.console:

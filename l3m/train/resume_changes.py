@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 # grad_accum and micro_batch only split the global batch (the train source's batch_size) differently.
-_TRAIN_STRUCTURAL = {"seed": "data order", "freeze": "trainable parameters"}
+_TRAIN_STRUCTURAL = {"seed": "data order", "freeze": "trainable parameters", "trainable": "trainable parameters"}
 _TRAIN_IGNORED = ("init_from", "init_include", "init_exclude", "init_rename")
 TRAIN_SOURCE_PATH = "data.train"
 

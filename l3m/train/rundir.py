@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from l3m.config import build_section
-from l3m.dsl.ir import Call, Program
+from l3m.dsl.ir import Call, Program, to_data
 from l3m.train import provenance
 
 
@@ -42,7 +42,7 @@ def default_run_dir(path: str | Path) -> Path:
 def _call(call: Call | None) -> dict[str, Any] | None:
     if call is None:
         return None
-    return {"type": call.type_name, "args": list(call.args), "kwargs": dict(call.kwargs)}
+    return {"type": call.type_name, "args": to_data(list(call.args)), "kwargs": to_data(dict(call.kwargs))}
 
 
 def resolved(program: Program, model_order: list[str]) -> dict[str, Any]:

@@ -315,8 +315,8 @@ def build_session(compiled: Compiled, rt: Runtime, *, command: str = "train") ->
     model, parallel = parallelize(model, mesh, train)
     materialize(model, rt.device)
     dims = getattr(model, "parallel_dims", None)  # set by l3m.dist.parallelize
-    if train.compile and (not parallel or dims is None or dims.world_size == 1):
-        model.compile()  # one graph for the whole straight-line forward (l3m.dist compiles per layer on a mesh)
+    if train.compile not in (False, "none") and not parallel:  # l3m.dist compiles (blocks or the model)
+        model.compile()  # one graph for the whole straight-line forward
     criterion = build_criterion(program, device=rt.device)
     if dims is not None:
         importlib.import_module("l3m.dist").parallelize_criterion(criterion, dims)

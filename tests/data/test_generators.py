@@ -32,12 +32,15 @@ def test_random_prefix_length_range_and_determinism():
 def test_random_mask_exact_ratio_and_determinism():
     gen = RandomMask(num_tokens=16, ratio=0.75)
     x = torch.zeros(4, 3, 8, 8)
-    m = gen(x, rng=_rng(0))
+    m, visible = gen(x, rng=_rng(0))
     assert m.shape == (4, 16) and m.dtype == torch.bool
     assert m.sum(1).tolist() == [12] * 4
     assert not torch.equal(m[0], m[1])  # per-sample masks
-    assert torch.equal(m, gen(x, rng=_rng(0)))
-    assert RandomMask(num_tokens=5, ratio=0.0)(x, rng=_rng(0)).sum() == 0
+    assert torch.equal(m, gen(x, rng=_rng(0))[0])
+    assert RandomMask(num_tokens=5, ratio=0.0)(x, rng=_rng(0))[0].sum() == 0
+    # the visible tokens' indices, in increasing order
+    assert visible.shape == (4, 4) and visible.dtype == torch.long
+    assert torch.equal(visible, torch.stack([(~row).nonzero()[:, 0] for row in m]))
 
 
 def _batch(b=6, c=4):

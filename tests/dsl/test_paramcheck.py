@@ -52,10 +52,10 @@ def test_tie_to_nothing_stays_e208_only(compile_text):
     assert coded(c, "E208") and not coded(c, "E780") and not coded(c, "E781")
 
 
-def test_freeze_glob_matching_nothing_is_e640_at_the_setting(compile_text):
+def test_freeze_glob_matching_nothing_is_e640_at_the_glob(compile_text):
     c = compile_text(HEAD + GPT + 'train { steps = 2,\n  freeze = ["gpt.trunk.block.*"] }\n')
     (d,) = coded(c, "E640")
-    assert at(d) == (10, 12)
+    assert at(d) == (10, 13)
     assert "'gpt.trunk.block.*'" in d.message and "train.freeze" in d.message
     assert "did you mean 'gpt.trunk.blocks.*'?" in d.help
     assert not c.ok
@@ -64,7 +64,7 @@ def test_freeze_glob_matching_nothing_is_e640_at_the_setting(compile_text):
 def test_init_include_glob_matching_nothing_is_e640_unless_renamed(compile_text):
     bad = HEAD + GPT + 'train { init_include = ["encoder.*"] }\n'
     (d,) = coded(compile_text(bad), "E640")
-    assert at(d) == (9, 24) and "train.init_include" in d.message
+    assert at(d) == (9, 25) and "train.init_include" in d.message
     renamed = bad.replace("] }", '], init_rename = ["encoder.=gpt."] }')
     assert not coded(compile_text(renamed), "E640")
     # init_exclude may name tensors only the init_from file has (a pretraining decoder): not checked

@@ -27,7 +27,9 @@ def node(compiled, path):
 def test_lets_are_evaluated_after_overrides(compile_text):
     c = compile_text(HEAD + GPT, overrides=["dim=64"])
     assert c.ok, [d.message for d in c.errors]
-    assert node(c, "gpt.trunk.blocks").call.kwargs == {"dim": 64, "depth": 1, "heads": 8}
+    written = node(c, "gpt.trunk.blocks").call  # plus the materialised `use(...)` component defaults
+    assert {k: v for k, v in written.kwargs.items() if written.origins[k].kind != "use"} == \
+        {"dim": 64, "depth": 1, "heads": 8}
     assert node(c, "gpt.head.lm").call.kwargs == {"dim": 64, "vocab": 256}
 
 

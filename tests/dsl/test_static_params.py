@@ -9,6 +9,7 @@ from helpers import EXAMPLES, SHIPPED
 from l3m import registry
 from l3m.dsl import compile_file
 from l3m.dsl.shapes.params import count, known_blocks, static_params, weight_name
+from l3m.interfaces import use
 
 T = dict(dim=32, depth=2, heads=4)
 CASES = [
@@ -50,6 +51,35 @@ CASES = [
     ("LMHead", dict(dim=8, vocab=30, bias=True)),
     ("Concat", {}), ("SelectTokens", dict(start=1)), ("ClsPool", {}), ("EosPool", dict(eos_id=2)),
     ("AvgPool", {}), ("CausalMask", {}), ("PrefixCausalMask", {}), ("PaddingMask", {}), ("DocumentMask", {}),
+    ("Latents", dict(num=4, dim=8)), ("InsertMaskTokens", dict(dim=8)), ("KeepVisible", {}), ("Add", {}),
+    ("Mul", {}), ("Activation", {}), ("Reshape", dict(pattern="B N C -> B C N")), ("Transpose", {}), ("Permute", dict(dims=[1, 0])),
+    ("Flatten", {}), ("Split", dict(sizes=[1, 2])),
+    ("Conv2d", dict(in_channels=3, out_channels=8)),
+    ("Conv2d", dict(in_channels=4, out_channels=6, kernel=[3, 1], groups=2, bias=False)),
+    ("BatchNorm", dict(channels=5)), ("BatchNorm", dict(channels=5, affine=False)),
+    ("GroupNorm", dict(groups=2, channels=6)), ("GroupNorm", dict(groups=2, channels=6, affine=False)),
+    ("MaxPool2d", {}), ("AvgPool2d", dict(kernel=3)), ("GlobalAvgPool", {}),
+    ("Transformer", dict(T, depth=3, share_layers=True)),
+    # components (issue #17): the Python API's `use(...)`, as the builder's Factories would be
+    ("SwiGLU", dict(dim=8)), ("GeGLU", dict(dim=8, hidden=12, out_dim=3, bias=True)), ("MLP", dict(dim=8, glu=True)),
+    ("MoE", dict(dim=8, mlp_ratio=2.0, multiple_of=8)),
+    ("Attention", dict(dim=16, heads=2)),
+    ("Attention", dict(dim=16, heads=4, kv_heads=2, qk_norm=True, norm=use("RMSNorm"), pos=use("RopeMixed"))),
+    ("Attention", dict(dim=16, heads=2, cross=True, context_dim=6, fused_qkv=False, pos=use("RopeMixed"))),
+    ("Transformer", dict(T, mlp=use("SwiGLU", multiple_of=16), norm=use("RMSNorm"),
+                         attn=use("Attention", pos=use("RopeMixed")))),
+    ("Transformer", dict(T, kv_heads=2, qkv_bias=True, attn=use("Attention", heads=2, pos=use("RopeMixed")),
+                         cross_attention=True, norm=use("LayerNorm", bias=False), qk_norm=True)),
+    ("Transformer", dict(T, attn=None, mlp=use("MoE", num_experts=2), hidden=24)),
+    ("Transformer", dict(T, attn=use("Attention", pos=use("Rope2d")), mlp=use("GeGLU", hidden=40), moe_every=2)),
+    ("CrossAttentionDecoder", dict(T, attn=use("Attention", head_dim=4, pos=use("Rope")), mlp="swiglu")),
+    # fine-tuning parts (blocks/peft.py): LoRA'd projections, bottleneck adapters
+    ("Adapter", dict(dim=8, hidden=4)),
+    ("Attention", dict(dim=16, heads=4, kv_heads=2, qkv_bias=True, lora=use("Lora", rank=2, k=False))),
+    ("Attention", dict(dim=16, heads=2, cross=True, context_dim=6, lora=use("Lora", rank=3, proj=False))),
+    ("Transformer", dict(T, fused_qkv=False, adapter=use("Adapter", hidden=5),
+                         attn=use("Attention", lora=use("Lora", q=False)))),
+    ("CrossAttentionDecoder", dict(T, context_dim=24, adapter=use("Adapter"), attn=use("Attention", lora=use("Lora")))),
 ]
 
 
@@ -130,3 +160,18 @@ def test_builtin_losses_and_metrics_have_no_parameters():
     for name in sorted(names):
         required = {p.name: 4 for p in registry.lookup(name).signature.parameters.values() if p.default is p.empty}
         assert static_params(name, required) == live(name, required) == [], name
+
+
+def test_component_values_as_lint_holds_them():
+    """Lint passes components as `sigparams.ComponentArgs` (defaults filled in): only the arguments the call
+    wrote win over the host's context (qkv_bias = false here beats the trunk's true)."""
+    from l3m.dsl.ir import Call, Span
+    from l3m.dsl.sigparams import component_args
+
+    at = Span("m.l3m", 1, 1, 1, 2)
+    attn = Call("Attention", at, kwargs={"qkv_bias": False, "pos": Call("RopeMixed", at, kwargs={"theta": 5.0})})
+    args = dict(T, qkv_bias=True, proj_bias=True, attn=attn, mlp=Call("SwiGLU", at, kwargs={"hidden": 8}))
+    lint_args = {k: component_args(v) for k, v in args.items()}
+    names = [n for n, _ in static_params("Transformer", lint_args)]
+    assert "layers.0.attn.qkv.bias" not in names and "layers.0.attn.proj.bias" in names
+    assert static_params("Transformer", lint_args) == static_params("Transformer", args) == live("Transformer", args)

@@ -121,7 +121,7 @@ def test_world_size_must_be_positive(cli, command, n, capsys):
 
 def test_world_size_as_a_separate_negative_argument(cli):
     code, _, err = cli("plan", ROOT / "examples" / "vit_digits.l3m", "--world-size", "-4")
-    assert code == 2 and "must be a positive number of processes, got -4" in err
+    assert code == 2 and "must be a positive integer, got -4" in err
 
 
 def test_graph_takes_no_world_size(cli):

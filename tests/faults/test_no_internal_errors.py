@@ -117,7 +117,7 @@ def test_a_freeze_pattern_matching_nothing(cli, tmp_path):
         code, _, err = cli(command, src, *(["--output", tmp_path / "run"] if command == "train" else []))
         assert code == 1, command
         no_internal_error(err)
-        assert "prog.l3m:14:18: error[E640]: train.freeze: freeze pattern 'm.trunk.blokcs.*' matches no parameter" in err
+        assert "prog.l3m:14:19: error[E640]: train.freeze: freeze pattern 'm.trunk.blokcs.*' matches no parameter" in err
         assert "such as 'm.preprocessor.patches." in err
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.nn.attention.flex_attention import create_block_mask
 
+from l3m.dist.cp_layout import SequenceLayout
 from l3m.model.blocks.attention import Attention, attend
 from l3m.model.blocks.flex import document_block_mask, document_causal, is_block_mask
 from l3m.model.blocks.masks import CausalMask, DocumentMask
@@ -20,14 +21,13 @@ def docs(*lengths: int) -> torch.Tensor:
     return torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])[None]
 
 
-class SliceCP:
-    """What a mask block sees of context parallelism on rank `rank` (gathers return `whole`)."""
+class SliceCP(SequenceLayout):
+    """What a mask block sees of contiguous context parallelism on rank `rank` (gathers return `whole`;
+    the zigzag layout is tested in tests/parallel/test_dist_cp_blocks.py)."""
 
     def __init__(self, rank: int, size: int, whole: torch.Tensor) -> None:
-        self.rank, self.size, self.whole = rank, size, whole
-
-    def offset(self, n_local: int) -> int:
-        return self.rank * n_local
+        super().__init__(rank, size, "contiguous")
+        self.whole = whole
 
     def gather_ids(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
         return self.whole

@@ -18,7 +18,7 @@ def test_losses_and_metrics_are_registered_without_parameters():
                  "TopKAccuracy", "Perplexity", "ZeroShotAccuracy"]:  # fmt: skip
         assert name in names
     assert names["PixelLoss"].outputs_spec == ("loss",)
-    assert [p.name for p in names["PixelLoss"].inputs] == ["pred", "image", "prefix_len"]
+    assert [p.name for p in names["PixelLoss"].inputs] == ["pred", "image", "prefix_len", "mask"]
     assert not list(TopKAccuracy().parameters()) and not list(LMCrossEntropy().parameters())
 
 

@@ -51,6 +51,7 @@ def test_param_counts_are_exact(lm):
     assert blocks["gpt.trunk.blocks"] == sum(t.numel() for t in real.gpt.trunk.parameters())
     assert p["params"]["by_stage"]["gpt.trunk"] == blocks["gpt.trunk.blocks"]
     assert p["params"]["by_model"] == {"gpt": p["params"]["total"]}
+    assert p["peak_memory"] is not None and p["peak_memory"]["peak"] > 0  # frozen layers do not stop the simulation
     json.dumps(p)
 
 

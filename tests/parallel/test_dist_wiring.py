@@ -118,12 +118,13 @@ def test_context_parallel_wiring(fake_world, program):
     model = built(program(), MeshConfig(dp_shard=1, cp=2))
     aware = [m for m in model.modules() if isinstance(m, (Attention, PosEmbed, RotaryEmbedding))]
     assert len(aware) == 4 and all(m.cp is not None and (m.cp.rank, m.cp.size) == (1, 2) for m in aware)
+    assert aware[0].cp.layout == "zigzag"  # causal attention: the load-balanced layout
     # Context-parallel ranks hold the same weights, so FSDP shards them over the cp ranks.
     assert param(model, QKV.format(i=0)).device_mesh.mesh_dim_names == ("dp_shard_cp",)
     assert model.parallel_dims.dp_size == 1
 
 
-def test_context_parallel_refuses_whole_sequence_blocks(fake_world, program):
+def test_context_parallel_runs_whole_sequence_blocks_whole(fake_world, program):
     vit = """l3m 1
 data { train: DigitsImages(image_size = 8, batch_size = 4) -> image, label }
 model vit {
@@ -136,8 +137,12 @@ loss ce: ClassificationCE() logits, label -> loss
 optimizer AdamW(lr = 1e-2)
 """
     fake_world(2, 0)
-    with pytest.raises(ValueError, match=r"block 'vit.preprocessor.patch' \(PatchEmbed\) works on the whole sequence"):
-        built(program(text=vit), MeshConfig(dp_shard=1, cp=2))
+    model = built(program(text=vit), MeshConfig(dp_shard=1, cp=2))
+    hooked = [p for p in ("vit.preprocessor.patch", "vit.postprocessor.pool", "vit.trunk.blocks")
+              if any(h.__name__ == "gather_inputs" for h in model.get_submodule(p)._forward_pre_hooks.values())]
+    assert hooked == ["vit.preprocessor.patch", "vit.postprocessor.pool"]  # gathered for; the trunk runs on shares
+    attn = next(m for m in model.modules() if getattr(m, "cp", None) is not None)
+    assert attn.cp.layout == "contiguous"  # bidirectional attention: nothing to balance
 
 
 def test_criterion_groups(fake_world):
@@ -160,7 +165,7 @@ def test_criterion_groups(fake_world):
 
 def test_tensor_parallel_size_must_split_whole_head_groups(fake_world, program):
     fake_world(4, 0)
-    with pytest.raises(ValueError, match=r"key/value heads of '.*attn' \(2\) to divide by 4"):
+    with pytest.raises(ValueError, match=r"'.*attn' \(Attention\): it needs its key/value heads \(2\) to divide by 4"):
         built(program(), MeshConfig(dp_shard=1, tp=4))
 
 

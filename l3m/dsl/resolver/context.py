@@ -23,6 +23,7 @@ class Reporter:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     chains: dict[str, tuple[str, ...]] = field(default_factory=dict)  # file -> the imports that led to it
     instances: list[tuple[str, Span]] = field(default_factory=list)  # (template, where) being expanded
+    _said: set = field(default_factory=set)
 
     def error(self, code: str, message: str, span: Span | None, help: str | None = None,
               notes: list[tuple[str, Span | None]] | None = None) -> None:
@@ -30,7 +31,21 @@ class Reporter:
         if span is not None and not span.chain and span.file in self.chains:
             span = replace(span, chain=self.chains[span.file])
         inside = [(f"in the instance of '{name}' at {where}", None) for name, where in reversed(self.instances)]
-        self.diagnostics.append(Diagnostic(code, message, span, help, (notes or []) + inside))
+        d = Diagnostic(code, message, span, help, (notes or []) + inside)
+        key = (code, message, span, help, str(d.notes))
+        if key in self._said:  # one value checked at each call it reaches (a `default`) is reported once
+            return
+        self._said.add(key)
+        self.diagnostics.append(d)
+
+    @contextmanager
+    def outside_instances(self) -> Iterator[None]:
+        """While a value written elsewhere (a `default` statement) is checked: no instance notes."""
+        saved, self.instances = self.instances, []
+        try:
+            yield
+        finally:
+            self.instances = saved
 
     @contextmanager
     def instance(self, template: str, span: Span) -> Iterator[None]:

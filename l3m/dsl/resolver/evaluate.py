@@ -45,6 +45,27 @@ class Env:
 
     scope: ModuleScope
     params: dict[str, Any] = field(default_factory=dict)
+    # Where each template parameter's value was written: the instance's argument, or the default (`--why`).
+    param_spans: dict[str, Span] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class PendingCall:
+    """A component written as a value (`Rope2d(base = 100)`), not yet resolved: which entries it may
+    name, and which arguments it may leave out, depend on the parameter it is given to (its interface),
+    so `calls.resolve_call` resolves it there, in the scope it was written in (`env`)."""
+
+    expr: ast.CallExpr
+    env: Env
+
+    is_component = True
+
+    @property
+    def type_name(self) -> str:
+        return self.expr.dotted
+
+    def __str__(self) -> str:
+        return ast.source_text(self.expr)
 
 
 class Evaluator:
@@ -117,6 +138,8 @@ class Evaluator:
                 out.append((text, max(1, len(text)), 0))
             elif isinstance(e, ast.Ref):
                 out.append(self._measured(self.lookup(e, env, sym)))
+            elif isinstance(e, ast.CallExpr):
+                out.append((PendingCall(e, env), 1, 0))
             else:
                 raise AssertionError(f"unknown expression {type(e).__name__}")
         return out[0]

@@ -4,6 +4,7 @@ ports are bound to the caller's keys."""
 
 from __future__ import annotations
 
+import contextvars
 import typing
 from typing import Any
 
@@ -34,6 +35,10 @@ if typing.TYPE_CHECKING:
 # A template instance's key map: its port names -> the caller's keys, plus "__prefix__" -> the
 # instance's path, which namespaces every other key written inside it.
 KeyMap = dict[str, str]
+
+# What resolves a node's call instead of `resolve_call`, in this context (the language server's memo,
+# `l3m.lsp.resolve_memo`, which calls `resolve_call` itself); None: `resolve_call`.
+NODE_CALL_HOOK: contextvars.ContextVar = contextvars.ContextVar("l3m_node_call_hook", default=None)
 
 
 class ModelBuilder:
@@ -93,7 +98,8 @@ class ModelBuilder:
         d, def_scope = self._find_def(inst.call, env)
         if d is None:
             return
-        params = self._template_params(inst, d, env, Env(def_scope), path)
+        inner = Env(def_scope)
+        self._template_params(inst, d, env, inner, path)
         new_map: KeyMap = {}
         for ports, keys, direction in ((d.inputs, inst.reads, "input"), (d.outputs, inst.writes, "output")):
             slots = [Slot(name) for name, _ in ports]
@@ -105,7 +111,7 @@ class ModelBuilder:
         new_map["__prefix__"] = path
         self.program.models.append(ModelInfo(path, inst.name, inst.span, parent))
         with report.instance(d.name, inst.span):
-            self._model_body(d.body, Env(def_scope, params), path, new_map)
+            self._model_body(d.body, inner, path, new_map)
 
     def _template_params(self, inst: ast.ModelInst, d: ast.DefDecl, env: Env, inner: Env,
                          path: str) -> dict[str, Any]:
@@ -116,10 +122,15 @@ class ModelBuilder:
         slots = [Slot(p.name, required=p.default is None) for p in d.params]
         words = template_argument_words(d.name)
         given = {name: (a.value, env) for name, a in bind(inst.call.args, slots, words, t.report)}
+        for name, a in bind(inst.call.args, slots, words, _Quiet()):
+            inner.param_spans[name] = a.span
         for p in d.params:
             ov = t.overrides.take(f"{path}.{p.name}")
             if ov is not None:
                 given[p.name] = (ov, Env(t.evaluator.main))
+                inner.param_spans[p.name] = ov.span
+            elif p.name not in given and p.default is not None:
+                inner.param_spans[p.name] = p.default.span
         report_unbound(slots, given, words, inst.call.span, t.report)
         for p in d.params:
             try:
@@ -167,7 +178,7 @@ class ModelBuilder:
             t.report.error("E207", f"'{n.name}' is declared twice here", n.span)
             return
         self.paths.add(path)
-        call = resolve_call(n.call, env, ROLE_KINDS[where], path, t)
+        call = (NODE_CALL_HOOK.get() or resolve_call)(n.call, env, ROLE_KINDS[where], path, t)
         if call is None:
             role = {"data": "generator" if n.reads else "source"}.get(where, where)
             stub = Node(n.name, path, role, Call(n.call.dotted, n.call.span), n.span, self.index, model, stage,
@@ -205,6 +216,13 @@ class ModelBuilder:
             self.t.report.error("E205", f"a loss weight must be a number, not {describe(weight)}", wexpr.span)
             return 1.0
         return weight
+
+
+class _Quiet:
+    """A reporter that says nothing (a binding repeated only to read where each argument stands)."""
+
+    def error(self, *args, **kwargs) -> None:
+        pass
 
 
 def bind_ports(refs: list[ast.KeyRef], entry: Entry, ports, direction: str, call_span: Span,

@@ -18,6 +18,10 @@ from l3m.model import naming
 _PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
+# A value that starts like a call (`Rope2d(`) or a list (`[`): read as an expression or refused.
+_STRUCTURED = re.compile(r"\s*(\[|[A-Za-z_][\w.]*\s*\()")
+
+
 @dataclass
 class Override:
     path: str
@@ -58,6 +62,12 @@ class Overrides:
                 span = e.diagnostic.span
                 error("E430", e.diagnostic.message, span and _shift_span(span, vcol - 1))
                 return
+            if _STRUCTURED.match(value):  # a call or a list that does not parse is a mistake, not a string
+                d = e.diagnostic
+                error("E501", f"the value of '{path}' does not parse: {d.message}",
+                      _shift_span(d.span, vcol - 1) if d.span else whole,
+                      "a component is a call such as Rope2d() or SwiGLU(hidden = 256); quote a string")
+                return
             expr = ast.Str(Span(file, 1, 1, 1, len(value.strip()) + 1), value.strip().replace("\\", "\\\\"))
         expr = _shift(expr, vcol - 1)
         if path in self.by_path:
@@ -89,7 +99,10 @@ class Overrides:
     def set_root_model(self, m: ast.ModelDecl | ast.ModelInst) -> None:
         """E503: a model named like a section or a node role would make override paths ambiguous."""
         self.root_model = m.name
-        if m.name in naming.ROLE_ROOTS or m.name in SECTION_SCHEMAS:
+        if m.name == "default":  # `default.NAME.arg=...` sets a class default
+            self.report.error("E503", "a model cannot be named 'default': override paths starting with "
+                              "'default.' set class defaults (`default.Attention.pos=...`)", m.span, "rename the model")
+        elif m.name in naming.ROLE_ROOTS or m.name in SECTION_SCHEMAS:
             self.report.error("E503", f"a model cannot be named '{m.name}': override paths starting with "
                               f"'{m.name}.' name the {m.name} "
                               f"{'section' if m.name in SECTION_SCHEMAS else 'declarations'}",
@@ -116,6 +129,9 @@ def _shift(expr: ast.Expr, cols: int) -> ast.Expr:
         return expr
     for obj in walk(expr):
         obj.span = _shift_span(obj.span, cols)
+        if isinstance(obj, ast.CallExpr):
+            for a in obj.args:
+                a.span = _shift_span(a.span, cols)
     return expr
 
 
@@ -135,3 +151,5 @@ def walk(expr: ast.Expr) -> Iterator[ast.Expr]:
             stack.extend((e.left, e.right))
         elif isinstance(e, ast.Neg):
             stack.append(e.operand)
+        elif isinstance(e, ast.CallExpr):
+            stack.extend(a.value for a in e.args)

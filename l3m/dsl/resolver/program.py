@@ -11,13 +11,23 @@ from l3m.dsl.diagnostics import Diagnostic, SourceCache
 from l3m.dsl.ir import KeyDecl, Program
 from l3m.dsl.resolver.calls import ROLE_KINDS, resolve_call
 from l3m.dsl.resolver.context import Fail, Reporter
+from l3m.dsl.resolver.defaults import Defaults
 from l3m.dsl.resolver.entries import Catalog
-from l3m.dsl.resolver.evaluate import Env, Evaluator
+from l3m.dsl.resolver.evaluate import Env, Evaluator, PendingCall
 from l3m.dsl.resolver.models import ModelBuilder
 from l3m.dsl.resolver.modules import Loader
 from l3m.dsl.resolver.overrides import Overrides
 from l3m.dsl.resolver.sections import resolve_sections
 from l3m.dsl.resolver.tools import Tools
+
+
+def _record(value: object) -> object:
+    """A let's value as the program records it: a component (resolved where it is used) as its text."""
+    if isinstance(value, PendingCall):
+        return str(value)
+    if isinstance(value, list):
+        return [_record(v) for v in value]
+    return value
 
 
 @dataclass
@@ -55,12 +65,13 @@ def _resolve(path: str, override_texts: list[str], cli_extensions: tuple[str, ..
     prog.imports = [s.file for s in loader.modules.values() if s is not scope]
     mod = scope.module
     env = Env(scope)
-    t = Tools(report, ovr, Evaluator(report, ovr, scope), Catalog(report))
+    t = Tools(report, ovr, Evaluator(report, ovr, scope), Catalog(report), defaults=Defaults())
     ovr.valid.update(scope.lets)
     t.catalog.load_extensions(mod, cli_extensions, import_extensions, path, prog)
+    t.defaults.collect(list(loader.modules.values()), t)
     for name in scope.lets:  # evaluate every let, so errors show even in unused ones
         with contextlib.suppress(Fail):
-            prog.lets[name] = t.evaluator.let_value(scope, name)
+            prog.lets[name] = _record(t.evaluator.let_value(scope, name))
     for k in mod.keys:
         if k.name in prog.keys:
             report.error("E207", f"key '{k.name}' is declared twice", k.span)
@@ -84,6 +95,7 @@ def _resolve(path: str, override_texts: list[str], cli_extensions: tuple[str, ..
         if calls:
             setattr(prog, kind, resolve_call(calls[0], env, ROLE_KINDS[kind], kind, t))
     resolve_sections(mod, env, prog, t)
+    t.defaults.report_unused(t)
     ovr.report_unused()
     for alias in scope.imports:
         if alias not in scope.used_imports:

@@ -52,4 +52,7 @@ def resolve_sections(mod: ast.Module, env: Env, prog: Program, t: Tools) -> None
                 continue
             out.values[key] = value
             out.spans[key] = expr.span
+            if isinstance(expr, ast.ListExpr):  # each item's place, for a diagnostic about one glob
+                for i, item in enumerate(expr.items):
+                    out.spans[f"{key}[{i}]"] = item.span
         prog.sections[name] = out

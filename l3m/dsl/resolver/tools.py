@@ -19,3 +19,4 @@ class Tools:
     catalog: Catalog
     # Per program: what is derived from an entry once (its slots and wordings), by (use, entry name).
     memo: dict[tuple[str, str], Any] = field(default_factory=dict)
+    defaults: Any = None  # `defaults.Defaults`: the `default` statements in force

@@ -34,7 +34,7 @@ from l3m.dsl.shapes.spec import (
 )
 from l3m.dsl.shapes.table import ShapeTable
 from l3m.dsl.shapes.unify import ELLIPSIS, Env, Mismatch, match
-from l3m.dsl.sigparams import defaults, named_names
+from l3m.dsl.sigparams import component_args, defaults, named_names
 
 _DTYPE_ALIASES = {"float": "float", "float32": "float", "float16": "float", "bfloat16": "float", "bf16": "float",
                   "half": "float", "double": "float", "float64": "float", "long": "long", "int64": "long",
@@ -211,7 +211,9 @@ class _Walk:
                          "such rule", node.call.type_span)
             return {}
         try:
-            out = fn(dict(args), {i.port: i.type for i in inputs})
+            # A rule that needs the outputs the file binds (`Split`: one per part) says so.
+            writes = {"writes": tuple(b.port for b in node.writes if b.port)} if getattr(fn, "reads_writes", False) else {}
+            out = fn(dict(args), {i.port: i.type for i in inputs}, **writes)
         except ShapeError as e:
             where = spans.get(e.arg) if e.arg else None
             self._report("E755", f"{_who(node)}: {e.message}", where or node.call.type_span,
@@ -399,7 +401,7 @@ def _arguments(node: Node, entry) -> tuple[dict[str, Any], dict[str, Span]]:
     for name, value, span in zip(names, call.args, call.arg_spans):
         args[name], spans[name] = value, span
     for name, value in call.kwargs.items():
-        args[name] = value
+        args[name] = component_args(value)  # a component: a dict of its arguments (`sigparams.ComponentArgs`)
         if name in call.kwarg_spans:
             spans[name] = call.kwarg_spans[name]
     return args, spans

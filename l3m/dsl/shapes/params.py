@@ -15,6 +15,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from l3m.dsl.shapes.params_conv import CONV_PARAMS
+from l3m.dsl.shapes.params_tensor import TENSOR_PARAMS
 from l3m.dsl.sigparams import defaults
 
 Shape = tuple[int, ...]
@@ -46,7 +48,9 @@ def _linear(i: int, o: int, bias: bool = True) -> Params:
 
 
 def _norm(kind: Any, dim: int) -> Params:
-    """What `make_norm(kind, dim)` creates (its LayerNorm always has a bias)."""
+    """What `make_norm(kind, dim)` creates (its LayerNorm always has a bias; a Norm component with `dim`)."""
+    if not isinstance(kind, str):
+        return component_params(kind, {"dim": dim})
     if kind == "layernorm":
         return [("weight", (dim,)), ("bias", (dim,))]
     if kind == "rmsnorm":
@@ -94,55 +98,204 @@ def _attention(dim: int, heads: int, head_dim: int | None, kv_heads: int | None,
     return out + _sub("proj", _linear(heads * hd, dim, proj_bias))
 
 
+def _attention_block(a: Mapping[str, Any]) -> Params:
+    """`Attention` (block or component): the projections, then its `pos` (self-attention only)."""
+    dim, heads = _int(a["dim"]), _int(a["heads"])
+    head_dim = _int(a["head_dim"]) if a.get("head_dim") else None
+    kv_heads = _int(a["kv_heads"]) if a.get("kv_heads") else None
+    cross = bool(a.get("cross", False))
+    out = _attention(dim, heads, head_dim, kv_heads, bool(a.get("qkv_bias", False)), bool(a.get("proj_bias", False)),
+                     bool(a.get("fused_qkv", True)), bool(a.get("qk_norm", False)), a.get("norm", "layernorm"), cross,
+                     _int(a["context_dim"]) if a.get("context_dim") else None)
+    if a.get("lora") is not None:
+        out = _with_lora(out, a["lora"], head_dim or dim // heads, heads // (kv_heads or heads), cross,
+                         bool(a.get("fused_qkv", True)))
+    if a.get("pos") is not None and not cross:
+        ctx = dict(head_dim=head_dim or dim // heads, heads=heads, kv_heads=kv_heads or heads)
+        out += _sub("pos", component_params(a["pos"], ctx))
+    return out
+
+
+def _with_lora(params: Params, lora: Any, hd: int, rep: int, cross: bool, fused: bool) -> Params:
+    """An attention's parameters with a `Lora` component's `lora_A`/`lora_B` after each projection it adapts
+    (as blocks/peft.py's LoraLinear adds them: per enabled part `rank` rows of A and the part's rows of B)."""
+    found = component_args(lora, {})
+    if found is None:
+        return params
+    name, args = found
+    if name != "Lora":
+        raise _Unknown
+    rank = _int(args["rank"])
+    if cross:
+        layout = {"q": ([("q", 1)], None), "kv": ([("k", 1), ("v", 1)], hd)} if fused else \
+            {"q": ([("q", 1)], None), "k": ([("k", 1)], None), "v": ([("v", 1)], None)}
+    elif fused:
+        layout = {"qkv": ([("q", rep), ("k", 1), ("v", 1)], hd)}
+    else:
+        layout = {"q": ([("q", 1)], None), "k": ([("k", 1)], None), "v": ([("v", 1)], None)}
+    layout["proj"] = ([("proj", 1)], None)
+    shapes = dict(params)
+    out: Params = []
+    for pname, shape in params:
+        out.append((pname, shape))
+        lin, _, leaf = pname.partition(".")
+        last = f"{lin}.bias" if f"{lin}.bias" in shapes else f"{lin}.weight"
+        if lin not in layout or pname != last:
+            continue
+        parts, width = layout[lin]
+        rows, cols = shapes[f"{lin}.weight"]
+        width = width or rows
+        groups = rows // (sum(s for _, s in parts) * width)
+        on = [s for part, s in parts if args.get(part, True)]
+        if on:
+            out += [(f"{lin}.lora_A", (rank * len(on), cols)), (f"{lin}.lora_B", (sum(groups * s * width for s in on), rank))]
+    return out
+
+
+# ---- components: values of block arguments (`attn = Attention(pos = Rope2d())`) ---------------------------------
+
+def component(value: Any) -> tuple[str, dict[str, Any]] | None:
+    """`(name, the arguments its call wrote)` of a component value: an `ir.Call`, a `sigparams.ComponentArgs`
+    (its `written` keys), a signature default `use(...)`, a `Factory`, or `{"type": ..., "kwargs": ...}`.
+    None for None; `_Unknown` for anything else."""
+    from l3m.interfaces import Use
+
+    if value is None:
+        return None
+    if isinstance(value, Use):
+        return value.name, dict(value.kwargs)
+    if hasattr(value, "type_name") and hasattr(value, "kwargs"):  # ir.Call: positional arguments by the signature
+        entry = _builtin(value.type_name)
+        if entry is None:
+            raise _Unknown
+        return value.type_name, value.kwargs_for(entry.signature)
+    if isinstance(value, dict) and isinstance(getattr(value, "name", None), str):  # ComponentArgs
+        written = getattr(value, "written", None)
+        if written is None:  # an older ComponentArgs: what differs from the signature's defaults
+            entry = _builtin(value.name)
+            base = defaults(entry.signature) if entry is not None else {}
+            return value.name, {k: v for k, v in value.items() if k not in base or base[k] != v}
+        return value.name, {k: value[k] for k in written}
+    if isinstance(value, dict) and isinstance(value.get("type"), str):
+        return value["type"], dict(value.get("kwargs") or {})
+    name, kwargs = getattr(value, "name", None), getattr(value, "kwargs", None)
+    if isinstance(name, str) and isinstance(kwargs, dict):  # l3m.model.components.Factory
+        return name, dict(kwargs)
+    raise _Unknown
+
+
+def component_args(value: Any, context: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """`(name, constructor arguments)` a host builds a component with: its context (the keys the
+    constructor takes), the call's own arguments winning, then the signature's defaults."""
+    found = component(value)
+    if found is None:
+        return None
+    name, written = found
+    entry = _builtin(name)
+    if entry is None:
+        raise _Unknown
+    params = entry.signature.parameters
+    takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    merged = {k: v for k, v in context.items() if takes_all or k in params}
+    merged.update(written)
+    return name, _with_defaults(entry, merged)
+
+
+def component_params(value: Any, context: Mapping[str, Any]) -> Params:
+    """The parameters of a component its host builds with `context` (none for None)."""
+    found = component_args(value, context)
+    if found is None:
+        return []
+    name, args = found
+    rule = _RULES.get(name) or _COMPONENT_RULES.get(name)
+    if rule is None:
+        raise _Unknown
+    return rule(args)
+
+
+def _rope_mixed(a: Mapping[str, Any]) -> Params:
+    hd, heads = _int(a["head_dim"]), _int(a["heads"])
+    return [("freqs", (2, _int(a["kv_heads"]) if a.get("kv_heads") else heads, hd // 2))]
+
+
+_COMPONENT_RULES: dict[str, Callable[[Mapping[str, Any]], Params]] = {
+    "Rope": lambda a: [], "Rope2d": lambda a: [], "RopeMixed": _rope_mixed,
+}
+
+
+def _ffn_hidden(a: Mapping[str, Any], glu: bool) -> int:
+    """A feed-forward's `hidden`, or its default from `mlp_ratio` and `multiple_of`."""
+    if a.get("hidden"):
+        return _int(a["hidden"])
+    return mlp_hidden(_int(a["dim"]), _num(a.get("mlp_ratio", 4.0)), glu, _int(a.get("multiple_of", 256)))
+
+
 def _moe(dim: int, hidden: int, experts: int) -> Params:
     # The stacked expert weights are the module's own parameters, so they come before the router's.
     return [("w1", (experts, hidden, dim)), ("w3", (experts, hidden, dim)), ("w2", (experts, dim, hidden))] + \
         _sub("router", _linear(dim, experts, False))
 
 
-_GATED = {"gelu": False, "swiglu": True, "geglu": True, "none": False}
+# The feed-forward component a string names (as blocks/transformer.py's `_MLP`).
+_MLP_COMPONENT = {"gelu": ("MLP", (("act", "gelu"), ("glu", False))), "swiglu": ("SwiGLU", ()),
+                  "geglu": ("GeGLU", ())}
 
 
 def _transformer(a: Mapping[str, Any], cross_attention: bool | None = None) -> Params:
+    from l3m.interfaces import Use
+
     dim, depth, heads = _int(a["dim"]), _int(a["depth"]), _int(a["heads"])
     head_dim = _int(a["head_dim"]) if a.get("head_dim") else None
     kv_heads = _int(a["kv_heads"]) if a.get("kv_heads") else None
     mlp, norm = a.get("mlp", "gelu"), a.get("norm", "layernorm")
-    if mlp not in _GATED:
+    if isinstance(mlp, str) and mlp not in (*_MLP_COMPONENT, "none"):
         raise _Unknown
+    if isinstance(norm, str) and norm not in ("layernorm", "rmsnorm"):
+        raise _Unknown
+    attn = a.get("attn", Use("Attention"))  # a nested trunk's dict (PixelDecoder's) leaves it out
     cross = bool(a.get("cross_attention", False)) if cross_attention is None else cross_attention
-    attention, identity = bool(a.get("attention", True)), bool(a.get("identity_attn", False))
+    attention, identity = bool(a.get("attention", True)) and attn is not None, bool(a.get("identity_attn", False))
     hidden = _int(a["hidden"]) if a.get("hidden") else None
     ratio, multiple_of = _num(a.get("mlp_ratio", 4.0)), _int(a.get("multiple_of", 256))
-    dense_hidden = hidden or mlp_hidden(dim, ratio, _GATED[mlp], multiple_of)
     moe_hidden = hidden or mlp_hidden(dim, ratio, True, multiple_of)
     moe_every, experts = _int(a.get("moe_every", 0) or 0), _int(a.get("num_experts", 4))
-    hd = head_dim or dim // heads
-    attn = dict(dim=dim, heads=heads, head_dim=hd, kv_heads=kv_heads, qkv_bias=bool(a.get("qkv_bias", False)),
-                proj_bias=bool(a.get("proj_bias", False)), fused=bool(a.get("fused_qkv", True)),
-                qk_norm=bool(a.get("qk_norm", False)), norm=norm)
-    context_dim = _int(a["context_dim"]) if a.get("context_dim") else None
+    ctx = dict(dim=dim, heads=heads, head_dim=head_dim, kv_heads=kv_heads, qkv_bias=bool(a.get("qkv_bias", False)),
+               proj_bias=bool(a.get("proj_bias", False)), fused_qkv=bool(a.get("fused_qkv", True)),
+               qk_norm=bool(a.get("qk_norm", False)), norm=norm, norm_eps=a.get("norm_eps", 1e-6), depth=depth,
+               init=a.get("init", "trunc_normal"), init_std=a.get("init_std", 0.02), causal=bool(a.get("causal")))
+    self_attn = component_params(attn, ctx) if attention else []
+    cross_attn = component_params(attn, {**ctx, "cross": True, "context_dim": a.get("context_dim")}) if cross else []
+    ffn = None
+    if mlp != "none":
+        value = Use(*_MLP_COMPONENT[mlp]) if isinstance(mlp, str) else mlp
+        ffn = component_params(value, dict(dim=dim, hidden=hidden, mlp_ratio=ratio, multiple_of=multiple_of,
+                                           bias=bool(a.get("mlp_bias", False)), init_depth=depth,
+                                           num_experts=experts, top_k=a.get("top_k", 1),
+                                           capacity_factor=a.get("capacity_factor")))
+
+    adapter = component_params(a.get("adapter"), dict(dim=dim, init=ctx["init"], init_std=ctx["init_std"]))
 
     def layer(moe: bool) -> Params:
         out: Params = []
         if attention or identity:
             out += _sub("norm1", _norm(norm, dim))
         if attention:
-            out += _sub("attn", _attention(**attn))
+            out += _sub("attn", self_attn)
         if cross:
             out += _sub("norm_cross", _norm(norm, dim))
-            out += _sub("cross_attn", _attention(**attn, cross=True, context_dim=context_dim))
-        if mlp != "none":
+            out += _sub("cross_attn", cross_attn)
+        if ffn is not None:
             out += _sub("norm2", _norm(norm, dim))
-            if moe:
-                out += _sub("mlp", _moe(dim, moe_hidden, experts))
-            else:
-                out += _sub("mlp", _mlp(dim, dense_hidden, None, bool(a.get("mlp_bias", False)), _GATED[mlp]))
+            out += _sub("mlp", _moe(dim, moe_hidden, experts) if moe else ffn)
+        if attention:
+            out += _sub("adapter_1", adapter)
+        if ffn is not None:
+            out += _sub("adapter_2", adapter)
         return out
 
     kinds = {False: layer(False), True: layer(True) if moe_every else []}  # every layer is one of two
     out: Params = []
-    for i in range(depth):
+    for i in range(min(depth, 1) if a.get("share_layers") else depth):  # shared: one layer's, named once
         out += _sub(f"layers.{i}", kinds[bool(moe_every) and (i + 1) % moe_every == 0])
     return out + _sub("norm", _norm(norm if a.get("final_norm", True) else "none", dim))
 
@@ -209,9 +362,15 @@ _RULES: dict[str, Callable[[Mapping[str, Any]], Params]] = {
     "Linear": lambda a: _linear(_int(a["in_features"]), _int(a["out_features"]), bool(a.get("bias", True))),
     "LayerNorm": lambda a: [("weight", (_int(a["dim"]),))] + ([("bias", (a["dim"],))] if a.get("bias", True) else []),
     "RMSNorm": lambda a: [("weight", (_int(a["dim"]),))],
-    "MLP": lambda a: _mlp(_int(a["dim"]), _int(a["hidden"]), _int(a["out_dim"]) if a.get("out_dim") else None,
-                          bool(a.get("bias", True)), bool(a.get("glu", False))),
-    "MoE": lambda a: _moe(_int(a["dim"]), _int(a["hidden"]), _int(a.get("num_experts", 4))),
+    "MLP": lambda a: _mlp(_int(a["dim"]), _ffn_hidden(a, bool(a.get("glu", False))),
+                          _int(a["out_dim"]) if a.get("out_dim") else None, bool(a.get("bias", True)),
+                          bool(a.get("glu", False))),
+    **{name: lambda a: _mlp(_int(a["dim"]), _ffn_hidden(a, True), _int(a["out_dim"]) if a.get("out_dim") else None,
+                            bool(a.get("bias", False)), True) for name in ("SwiGLU", "GeGLU")},
+    "MoE": lambda a: _moe(_int(a["dim"]), _ffn_hidden(a, True), _int(a.get("num_experts", 4))),
+    "Attention": _attention_block,
+    "Adapter": lambda a: _sub("down", _linear(_int(a["dim"]), _int(a.get("hidden", 32)))) +
+    _sub("up", _linear(_int(a.get("hidden", 32)), _int(a["dim"]))),
     "Transformer": _transformer,
     "CrossAttentionDecoder": lambda a: _transformer(a, cross_attention=True),
     "PatchEmbed": _patch_embed,
@@ -224,6 +383,8 @@ _RULES: dict[str, Callable[[Mapping[str, Any]], Params]] = {
     "PixelDecoder": _pixel_decoder,
     "ClipProjection": _clip_projection,
     "LMHead": lambda a: _sub("proj", _linear(_int(a["dim"]), _int(a["vocab"]), bool(a.get("bias", False)))),
+    **CONV_PARAMS,
+    **TENSOR_PARAMS,
     **{name: _none for name in ("Concat", "SelectTokens", "ClsPool", "EosPool", "AvgPool", "CausalMask",
                                 "PrefixCausalMask", "PaddingMask", "DocumentMask")},
 }
@@ -265,7 +426,7 @@ def static_params(entry_name: str, args: Mapping[str, Any]) -> Params | None:
         return None
     if getattr(entry, "kind", None) in _PARAMETERLESS_KINDS:
         return []
-    rule = _RULES.get(entry_name)
+    rule = _RULES.get(entry_name) or _COMPONENT_RULES.get(entry_name)
     if rule is None:
         return None
     key = _memo_key(entry_name, args)
@@ -284,18 +445,36 @@ def static_params(entry_name: str, args: Mapping[str, Any]) -> Params | None:
 
 
 # (entry name, its arguments) -> (the entry, the answer): the layers of a deep stack are mostly the
-# same block with the same arguments. Only arguments that are plain scalars make a key.
+# same block with the same arguments. Only arguments that are plain scalars, lists of them and
+# components of them make a key.
 _MEMO: dict[tuple, tuple[Any, tuple | None]] = {}
 _PLAIN = (int, float, str, bool, type(None))
 
 
+class _NoKey(Exception):
+    pass
+
+
+def _frozen(v: Any) -> Any:
+    if type(v) in _PLAIN:
+        return (type(v), repr(v) if type(v) is float else v)
+    if type(v) is list:
+        return ("list", *(_frozen(x) for x in v))
+    try:
+        found = component(v)
+    except _Unknown:
+        raise _NoKey from None
+    if found is None:
+        raise _NoKey
+    name, written = found
+    return ("component", name, *sorted((k, _frozen(x)) for k, x in written.items()))
+
+
 def _memo_key(entry_name: str, args: Mapping[str, Any]) -> tuple | None:
-    items = []
-    for k, v in args.items():
-        if type(v) not in _PLAIN:
-            return None
-        items.append((k, type(v), repr(v) if type(v) is float else v))
-    return (entry_name, *sorted(items))
+    try:
+        return (entry_name, *sorted((k, _frozen(v)) for k, v in args.items()))
+    except _NoKey:
+        return None
 
 
 def weight_name(entry_name: str, params: Params) -> str | None:

@@ -10,6 +10,21 @@ must never raise for what they merely do not know: unknown in, unknown out.
 
 from __future__ import annotations
 
+import math
+
+from l3m.dsl.shapes.rules_conv import conv2d, pool2d  # noqa: F401  (the convolutional blocks' rules)
+from l3m.dsl.shapes.rules_tensor import (  # noqa: F401  (the general tensor blocks' rules)
+    broadcast,
+    concat_axis,
+    flatten,
+    insert_mask_tokens,
+    keep_visible,
+    permute,
+    random_mask,
+    reshape,
+    split,
+    transpose,
+)
 from l3m.dsl.shapes.spec import ShapeError, TensorType
 
 
@@ -115,12 +130,32 @@ def mlp(args: dict, inputs: dict[str, TensorType]) -> dict[str, TensorType]:
 def transformer(args: dict, inputs: dict[str, TensorType]) -> dict[str, TensorType]:
     """`Transformer` / `CrossAttentionDecoder`: x [B, N, dim] -> x, hidden [B, N, dim], aux_loss []; a mask is
     [B or 1, 1 or heads, N, N]; with cross-attention, context is [B, M, context_dim or dim]. Also the argument
-    rules that depend on an argument being left out (None), which `checks` cannot state."""
+    rules that depend on an argument being left out (None), which `checks` cannot state. Heads, head_dim and
+    kv_heads written inside `attn = Attention(...)` win over the trunk's (as when it is built)."""
     dim, heads, head_dim = _arg(args, "dim"), _arg(args, "heads"), _arg(args, "head_dim")
+    attn = _written(args.get("attn"))
+    if attn is not None:
+        heads, head_dim = _arg(attn, "heads") or heads, _arg(attn, "head_dim") or head_dim
+    kv_heads = (_arg(attn, "kv_heads") if attn else None) or _arg(args, "kv_heads")
     cross = args.get("cross_attention", "cross_attention" not in args)  # CrossAttentionDecoder: always
-    attending = bool(args.get("attention", True)) or bool(cross)
+    attending = (bool(args.get("attention", True)) and args.get("attn", True) is not None) or bool(cross)
+    where = "attn" if attn and "heads" in attn else "heads"
     if dim is not None and heads and head_dim is None and attending and dim % heads:
-        raise ShapeError(f"heads ({heads}) must divide dim ({dim}), or give head_dim", arg="heads")
+        raise ShapeError(f"heads ({heads}) must divide dim ({dim}), or give head_dim", arg=where)
+    if attn and heads and kv_heads and heads % kv_heads:
+        raise ShapeError(f"kv_heads ({kv_heads}) must divide heads ({heads})", arg="attn")
+    if attn is not None and heads and dim is not None:
+        _check_pos(attn.get("pos"), head_dim if head_dim is not None else dim // heads)
+    if attn is not None:
+        _check_finetune(attn.get("lora"), "attn")
+    _check_finetune(args.get("adapter"), "adapter")
+    for part in ("mlp", "norm"):  # a layer's parts work on the residual stream: their width is the trunk's
+        written = _written(args.get(part)) if dim is not None else None
+        for key in ("dim", "out_dim"):
+            v = _arg(written, key) if written else None
+            if v is not None and v != dim:
+                raise ShapeError(f"the {part}'s {key} ({v}) must be the trunk's dim ({dim}): its output is added to "
+                                 "the residual stream", arg=part)
     if args.get("rope") and heads and dim is not None:
         hd = head_dim if head_dim is not None else dim // heads
         if hd % 2:
@@ -141,6 +176,8 @@ def transformer(args: dict, inputs: dict[str, TensorType]) -> dict[str, TensorTy
         b, n, d = xd
         if isinstance(d, int) and dim is not None and d != dim:
             raise ShapeError(f"x is {x}, but dim = {dim} (its last dim must be {dim})", arg="dim")
+    if attn is not None and attending:
+        _check_grid(attn.get("pos"), n, "attn")
     md = _seq(inputs.get("mask"))
     if md is not None:
         if len(md) != 4:
@@ -161,6 +198,122 @@ def transformer(args: dict, inputs: dict[str, TensorType]) -> dict[str, TensorTy
     if (_arg(args, "return_hidden") or 0) > 0:
         result["hidden"] = out
     return result
+
+
+def _written(value) -> dict | None:
+    """The arguments a component value's call wrote (`attn = Attention(heads = 4)`), None if it is no component."""
+    from l3m.dsl.shapes.params import _Unknown, component
+
+    try:
+        found = component(value)
+    except _Unknown:
+        return None
+    return found[1] if found is not None else None
+
+
+# Position components: what their head size must divide by.
+_POS_MULTIPLE = {"Rope": 2, "Rope2d": 4, "RopeMixed": 4}
+
+
+def _check_pos(pos, head_dim: int) -> None:
+    """An attention's `pos` component fits its head size (Rope: even, 2-D: a multiple of 4)."""
+    from l3m.dsl.shapes.params import _Unknown, component
+
+    try:
+        found = component(pos)
+    except _Unknown:
+        return
+    if found is None or found[0] not in _POS_MULTIPLE:
+        return
+    name, written = found
+    hd = _arg(written, "head_dim") or head_dim
+    if hd % _POS_MULTIPLE[name]:
+        raise ShapeError(f"{name} needs a head size divisible by {_POS_MULTIPLE[name]}, but it is {hd}", arg="attn")
+
+
+def _check_finetune(value, arg: str) -> None:
+    """A `Lora` (rank >= 1, something to adapt) or `Adapter` (hidden >= 1) component's own arguments, which a
+    component's `checks` do not reach (blocks/peft.py raises the same when building)."""
+    from l3m.dsl.shapes.params import _Unknown, component
+
+    try:
+        found = component(value)
+    except _Unknown:
+        return
+    if found is None:
+        return
+    name, written = found
+    if name == "Lora":
+        rank = _arg(written, "rank")
+        if rank is not None and rank < 1:
+            raise ShapeError(f"Lora's rank ({rank}) must be at least 1", arg=arg)
+        if all(written.get(f) is False for f in ("q", "k", "v", "proj")):
+            raise ShapeError("Lora adapts nothing: q, k, v and proj are all false", arg=arg)
+    elif name == "Adapter":
+        hidden = _arg(written, "hidden")
+        if hidden is not None and hidden < 1:
+            raise ShapeError(f"Adapter's hidden ({hidden}) must be at least 1", arg=arg)
+
+
+def _check_grid(pos, n, arg: str) -> None:
+    """A 2-D position component's grid (given, or the largest square) and prefix fit the n tokens."""
+    from l3m.dsl.shapes.params import _Unknown, component
+
+    try:
+        found = component(pos)
+    except _Unknown:
+        return
+    if found is None or found[0] not in ("Rope2d", "RopeMixed") or not isinstance(n, int):
+        return
+    name, written = found
+    grid, prefix = written.get("grid"), written.get("prefix")
+    if grid is not None and not (isinstance(grid, list) and len(grid) == 2 and all(_arg({"g": g}, "g") for g in grid)):
+        return
+    if prefix is not None and _arg(written, "prefix") is None:
+        return
+    if grid is not None:
+        cells = grid[0] * grid[1]
+        p = n - cells if prefix is None else prefix
+    else:
+        p = prefix if prefix is not None else n - math.isqrt(n) ** 2
+        cells = math.isqrt(max(n - p, 0)) ** 2
+    if p < 0 or p + cells != n:
+        shown = f"a {grid[0]}x{grid[1]} grid" if grid is not None else "a square grid"
+        raise ShapeError(f"{name} places the {n} tokens as {max(p, 0)} prefix tokens and {shown}, which does not "
+                         f"fit (give grid = [h, w] and prefix)", arg=arg)
+
+
+def attention(args: dict, inputs: dict[str, TensorType]) -> dict[str, TensorType]:
+    """`Attention`: x [B, N, dim] -> x [B, N, dim]; heads divide dim unless head_dim; `pos` fits the head size;
+    cross-attention's context is [B, M, context_dim or dim]."""
+    dim, heads, head_dim = _arg(args, "dim"), _arg(args, "heads"), _arg(args, "head_dim")
+    if dim is not None and heads and head_dim is None and dim % heads:
+        raise ShapeError(f"heads ({heads}) must divide dim ({dim}), or give head_dim", arg="heads")
+    if heads and dim is not None and not args.get("cross"):
+        try:
+            _check_pos(args.get("pos"), head_dim if head_dim is not None else dim // heads)
+        except ShapeError as e:
+            raise ShapeError(str(e), arg="pos") from None
+    _check_finetune(args.get("lora"), "lora")
+    x = inputs.get("x")
+    _float(x, "x")
+    xd = _seq(x)
+    b, n = "?", "?"
+    if xd is not None:
+        if len(xd) != 3:
+            raise ShapeError(f"x must be [B, N, dim] (3 dims), but it is {x}")
+        b, n, d = xd
+        if isinstance(d, int) and dim is not None and d != dim:
+            raise ShapeError(f"x is {x}, but dim = {dim} (its last dim must be {dim})", arg="dim")
+    if not args.get("cross"):
+        _check_grid(args.get("pos"), n, "pos")
+    cd = _seq(inputs.get("context")) if args.get("cross") else None
+    if cd is not None and len(cd) == 3:
+        want = _arg(args, "context_dim") if args.get("context_dim") is not None else dim
+        if isinstance(cd[-1], int) and want is not None and cd[-1] != want:
+            raise ShapeError(f"context is {inputs['context']}, but its width must be {want}",
+                             arg="context_dim" if args.get("context_dim") is not None else "dim")
+    return {"x": TensorType("float", (b, n, dim if dim is not None else "?"))}
 
 
 def select_tokens(args: dict, inputs: dict[str, TensorType]) -> dict[str, TensorType]:

@@ -2,6 +2,8 @@
 
 from l3m.model.blocks import (  # noqa: F401
     attention,
+    conv,
+    elementwise,
     embeddings,
     feedforward,
     heads,
@@ -9,6 +11,10 @@ from l3m.model.blocks import (  # noqa: F401
     masks,
     moe,
     norms,
+    peft,
     pooling,
+    reshape,
+    rope,
+    tokens,
     transformer,
 )

@@ -4,9 +4,16 @@ Head counts are read from the projections' outputs at run time (`view(B, N, -1, 
 so the same code runs after tensor parallelism has split the heads across ranks. The fused
 projections keep each key/value group contiguous, `[q_1 .. q_rep, k, v]` per group, so that a
 column-wise shard is a set of whole groups.
+
+Registered as the block (and component) `Attention`: `Transformer(attn = Attention(pos = Rope2d()))`
+configures every layer's attention; its `pos` (a `Positional` component, built with this head size)
+rotates queries and keys before the scores; its `lora` (`Lora(rank = 8)`) adds low-rank updates to the
+projections (l3m.model.blocks.peft).
 """
 
 from __future__ import annotations
+
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +25,14 @@ from torch.distributed.tensor.parallel import (
     SequenceParallel,
 )
 
+from l3m.interfaces import AttentionLayer, LinearAdapter, Norm, Positional
 from l3m.model.blocks.embeddings import apply_rope
 from l3m.model.blocks.flex import flex_attend, is_block_mask
 from l3m.model.blocks.layers import Linear
-from l3m.model.blocks.masks import causal
+from l3m.model.blocks.masks import causal, causal_rows
 from l3m.model.blocks.norms import make_norm
+from l3m.model.tp_checks import head_groups_tp_problem
+from l3m.registry import register
 
 
 def attend(
@@ -56,15 +66,46 @@ def attend(
     return out.transpose(1, 2).flatten(2)
 
 
-class Attention(nn.Module):
-    """Self-attention over `x`, or cross-attention from `x` to `context` when `cross`.
+class _ShardHeads(ParallelStyle):
+    """Tensor parallelism for a position module's per-head parameters (RopeMixed's `freqs`
+    `[2, kv_heads, ...]`): each rank keeps the key/value heads whose projections it holds."""
+
+    def _apply(self, module: nn.Module, device_mesh: Any) -> nn.Module:
+        from torch.distributed.tensor import Shard, distribute_module, distribute_tensor
+
+        def shard(name: str, mod: nn.Module, mesh: Any) -> None:
+            for pname, p in list(mod.named_parameters(recurse=False)):
+                mod.register_parameter(pname, nn.Parameter(distribute_tensor(p, mesh, [Shard(1)])))
+
+        return distribute_module(module, device_mesh, shard)
+
+
+@register("block")
+class Attention(nn.Module, AttentionLayer):
+    """Multi-head self-attention (or cross-attention to `context`), with an optional position encoding `pos`.
+
+    Self-attention over `x` (causal when `causal`), or cross-attention from `x` to `context` when `cross`.
+
+    `pos` (Rope, Rope2d, RopeMixed) rotates the queries and keys of self-attention; cross-attention
+    leaves it out (its queries and keys are positions of different sequences). A Transformer layer
+    may instead hand its shared 1-D RoPE tables (`rope = true`) to an attention without `pos`.
 
     Under context parallelism `l3m.dist.cp` sets `cp` on self-attention: `x` is then this rank's
-    slice of the sequence, keys and values are gathered over the slices, and `mask` holds the
-    rows of the local queries (`[B, 1, n_local, N]`).
+    share of the sequence, keys and values are gathered over the ranks, and `mask` holds the
+    rows of the local queries (`[B, 1, n_local, N]`, columns in the gathered order).
     """
 
     cp = None  # a l3m.dist.cp.ContextParallel when the sequence is split over ranks
+    kv_cache = None  # a l3m.generation.cache.LayerCache while generating: keys/values of earlier tokens
+    # Traits (l3m.traits): self-attention handles a slice of the sequence; cross-attention cannot.
+    context_parallel = property(lambda self: "whole" if self.cross else "aware")
+    tp_problem = head_groups_tp_problem
+    outputs = ("x",)
+    shapes = "@attention"  # x, context: [B, N, dim], [B, M, context_dim or dim]; heads | dim unless head_dim; pos fits
+    checks = (
+        ("heads >= 1", "heads ({heads}) must be at least 1"),
+        ("kv_heads >= 1 and heads % kv_heads == 0", "kv_heads ({kv_heads}) must divide heads ({heads})"),
+    )
 
     def __init__(
         self,
@@ -76,20 +117,26 @@ class Attention(nn.Module):
         proj_bias: bool = False,
         fused_qkv: bool = True,
         qk_norm: bool = False,
-        norm: str = "layernorm",
+        norm: Norm | Literal["layernorm", "rmsnorm"] = "layernorm",
         norm_eps: float = 1e-6,
         cross: bool = False,
         context_dim: int | None = None,
         init: str = "trunc_normal",
         init_std: float = 0.02,
         depth: int = 0,
+        causal: bool = False,
+        pos: Positional | None = None,
+        lora: LinearAdapter | None = None,
     ):
         super().__init__()
+        if head_dim is None and dim % heads:
+            raise ValueError(f"heads ({heads}) must divide dim ({dim}), or give head_dim")
         hd = head_dim or dim // heads
         kvh = kv_heads or heads
         if heads % kvh:
             raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kvh})")
         self.head_dim, self.rep, self.cross, self.fused, self.qk_norm = hd, heads // kvh, cross, fused_qkv, qk_norm
+        self.causal = causal
         cdim = context_dim or dim
 
         # "fan_in_depth_scaled" (ml-l3m's) scales every weight by the network's depth, not just `proj`.
@@ -114,6 +161,34 @@ class Attention(nn.Module):
         self.q_norm = make_norm(norm if qk_norm else "none", hd, eps=norm_eps)
         self.k_norm = make_norm(norm if qk_norm else "none", hd, eps=norm_eps)
         self.proj = lin(heads * hd, dim, proj_bias, depth)
+        self.pos = None
+        if pos is not None and not cross:
+            from l3m.model.components import as_factory
+
+            self.pos = as_factory(pos)(head_dim=hd, heads=heads, kv_heads=kvh)
+        if lora is not None:
+            self._add_lora(lora)
+
+    def _add_lora(self, lora: Any) -> None:
+        """Wrap the projections with `lora`'s low-rank updates (l3m.model.blocks.peft); their weights keep
+        their names, so pretrained weights load as they are."""
+        from l3m.model.components import as_factory
+
+        spec, hd = as_factory(lora)(), self.head_dim
+        if self.cross:
+            self.q = spec.wrap(self.q, [("q", 1)], self.q.out_features)
+            if self.fused:
+                self.kv = spec.wrap(self.kv, [("k", 1), ("v", 1)], hd)
+            else:
+                self.k = spec.wrap(self.k, [("k", 1)], self.k.out_features)
+                self.v = spec.wrap(self.v, [("v", 1)], self.v.out_features)
+        elif self.fused:  # per key/value group: [q_1 .. q_rep, k, v], each head_dim wide
+            self.qkv = spec.wrap(self.qkv, [("q", self.rep), ("k", 1), ("v", 1)], hd)
+        else:
+            self.q = spec.wrap(self.q, [("q", 1)], self.q.out_features)
+            self.k = spec.wrap(self.k, [("k", 1)], self.k.out_features)
+            self.v = spec.wrap(self.v, [("v", 1)], self.v.out_features)
+        self.proj = spec.wrap(self.proj, [("proj", 1)], self.proj.out_features)
 
     def tp_plan(self) -> dict[str, ParallelStyle]:
         names = ["q", "kv"] if self.cross and self.fused else ["qkv"] if self.fused else ["q", "k", "v"]
@@ -124,6 +199,8 @@ class Attention(nn.Module):
             # their replicated weights get gradients summed over ranks.
             plan["q_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
             plan["k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
+        if self.pos is not None and any(True for _ in self.pos.parameters()):
+            plan["pos"] = _ShardHeads()
         return plan
 
     def project(self, x: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
@@ -148,26 +225,52 @@ class Attention(nn.Module):
         return self.q(x).view(b, n, -1, hd), self.k(x).view(b, n, -1, hd), self.v(x).view(b, n, -1, hd)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        is_causal: bool = False,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-        context: torch.Tensor | None = None,
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, context: torch.Tensor | None = None, **host: Any
     ) -> torch.Tensor:
+        """`host` is what a Transformer layer adds: `is_causal` (default: `causal`) and `rope`, its
+        shared 1-D RoPE tables (cos, sin), used when this attention has no `pos` of its own."""
+        is_causal = host.get("is_causal", self.causal and not self.cross)
+        rope = host.get("rope")
         q, k, v = self.project(x, context)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
+        if self.pos is not None:
+            q, k = self.pos(q, k)
+        elif rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if self.kv_cache is not None and not self.cross:  # generation: attend to the cached tokens too
+            k, v, mask, is_causal = self.kv_cache.extend(k, v, mask, is_causal)
         if self.cp is not None and not self.cross:
             if is_block_mask(mask):
                 raise ValueError("a FlexAttention block mask cannot be split over context-parallel ranks; "
                                  "DocumentMask builds dense rows under mesh.cp > 1 (impl = auto or dense)")
-            n = q.shape[1]
             k, v = self.cp.gather(k, dim=1), self.cp.gather(v, dim=1)
-            if is_causal:  # the causal rows of this rank's queries, over every key
-                rows = torch.arange(n, device=q.device) + self.cp.offset(n)
-                c = (torch.arange(k.shape[1], device=q.device)[None, :] <= rows[:, None])[None, None]
-                mask, is_causal = (c if mask is None else mask & c), False
+            keep = self.cp.key_mask(q.shape[1], q.device)  # padding keys (l3m.dist.cp_whole) are left out
+            if keep is not None:
+                mask = keep[None, None, None, :] if mask is None else mask & keep
+            if is_causal:
+                return self.proj(cp_causal_attend(self.cp, q, k, v, mask))
         return self.proj(attend(q, k, v, mask=mask, is_causal=is_causal))
+
+
+def cp_causal_attend(cp: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     mask: torch.Tensor | None) -> torch.Tensor:
+    """Causal attention of this rank's queries over the gathered keys/values (gathered order, as
+    `mask`'s columns). Keys are put back in sequence order and each run of consecutive local queries
+    (one run when contiguous, two under zigzag) reads only the keys up to its end, so a rank's work
+    is what causality needs: equal on every rank under zigzag."""
+    n = q.shape[1]
+    order = torch.argsort(cp.key_positions(n, q.device))
+    k, v = k.index_select(1, order), v.index_select(1, order)
+    if mask is not None:
+        mask = mask.index_select(-1, order)
+    outs, i = [], 0
+    for start, length in cp.chunks(n):
+        end = start + length
+        rows = torch.arange(start, end, device=q.device)
+        m = causal_rows(rows, end)[None, None]
+        if mask is not None:
+            m = m & (mask if mask.shape[2] == 1 else mask[:, :, i:i + length])[..., :end]
+        outs.append(attend(q[:, i:i + length], k[:, :end], v[:, :end], mask=m))
+        i += length
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)

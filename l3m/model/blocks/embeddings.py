@@ -123,6 +123,7 @@ class TokenEmbedding(nn.Module):
     """Token ids `[B, N]` to vectors `[B, N, dim]`; `.weight` is what an LMHead may tie to."""
 
     outputs = ("x",)
+    context_parallel = "local"  # trait (l3m.traits): runs on a slice of the sequence as it is
     shapes = "tokens: long[...] < vocab -> x: float[..., dim]"
 
     def __init__(self, vocab: int, dim: int, init_std: float = 0.02, init: Literal["normal", "uniform"] = "normal",
@@ -151,6 +152,8 @@ class PosEmbed(nn.Module):
     """
 
     outputs = ("x",)
+    fixed_tables = property(lambda self: () if self.kind == "learned" else ("pos",))  # trait: frozen tables
+    context_parallel = "aware"  # trait (l3m.traits): reads `cp` to work on a slice of the sequence
     shapes = "x: float[B, N, dim] -> x: float[B, N, dim]"
     checks = (
         ("num + offset >= N", "the position table (num = {num}, from offset {offset}) is shorter than the {N} "
@@ -207,7 +210,7 @@ class PosEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cp is not None:  # the table rows of this slice's global positions
-            idx = torch.arange(x.shape[1], device=x.device) + self.cp.offset(x.shape[1]) - self.offset
+            idx = self.cp.positions(x.shape[1], x.device) - self.offset
             keep = ((idx >= 0) & (idx < self.num)).to(x.dtype)[None, :, None]
             return x + self.pos[:, idx.clamp(0, self.num - 1)].to(x.dtype) * keep
         n = min(self.num, x.shape[1] - self.offset)
@@ -252,10 +255,11 @@ class RotaryEmbedding(nn.Module):
     Pairs are (i, i + head_dim/2) ("rotate half"): channel pair i turns by angle p * theta^(-2i/head_dim).
     `scaling = [factor, low_freq_factor, high_freq_factor, original_context]` stretches the long
     wavelengths as Llama 3.1+ does to extend its context (pretrained weights depend on it).
-    Under context parallelism (`cp` set by l3m.dist.cp) the n positions start at this rank's offset.
+    Under context parallelism (`cp` set by l3m.dist.cp) the n positions are this rank's (`cp.positions`).
     """
 
     cp = None
+    context_parallel = "aware"  # trait (l3m.traits): reads `cp` to work on a slice of the sequence
 
     def __init__(self, head_dim: int, theta: float = 10000.0, scaling: list[float] | None = None):
         super().__init__()
@@ -282,17 +286,18 @@ class RotaryEmbedding(nn.Module):
             self.inv_freq.copy_(inv_freq.to(self.inv_freq.dtype))
 
     def forward(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        start = self.cp.offset(n) if self.cp is not None else 0
-        pos = torch.arange(start, start + n, device=self.inv_freq.device, dtype=torch.float32)
+        device = self.inv_freq.device
+        pos = (torch.arange(n, device=device) if self.cp is None else self.cp.positions(n, device)).float()
         angles = pos[:, None] * self.inv_freq.float()[None, :]
         angles = torch.cat([angles, angles], dim=-1)
         return angles.cos(), angles.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotates `x` `[B, N, H, head_dim]` by the tables `[N, head_dim]` (computed in float32)."""
+    """Rotates `x` `[B, N, H, head_dim]` by the tables `[N, head_dim]` (computed in float32), or by
+    per-sequence tables `[B, N, head_dim]` (generation: left-padded prompts start at their own 0)."""
     xf = x.float()
     x1, x2 = xf.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    c, s = (cos[None, :, None, :], sin[None, :, None, :]) if cos.dim() == 2 else (cos[:, :, None], sin[:, :, None])
     return (xf * c + rotated * s).type_as(x)

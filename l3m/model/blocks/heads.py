@@ -24,6 +24,7 @@ class Classifier(nn.Module):
     """An optional norm and a linear map to class logits, on `[B, dim]` or per token `[B, N, dim]`."""
 
     outputs = ("logits",)
+    context_parallel = "local"  # trait (l3m.traits): runs on a slice of the sequence as it is
     shapes = "x: float[..., dim] -> logits: float[..., num_classes]"
 
     def __init__(
@@ -187,6 +188,7 @@ class LMHead(nn.Module):
     """
 
     outputs = ("logits",)
+    context_parallel = "local"  # trait (l3m.traits): runs on a slice of the sequence as it is
     shapes = "x: float[..., dim] -> logits: float[..., vocab]"
 
     def __init__(

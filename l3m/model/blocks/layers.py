@@ -16,10 +16,13 @@ class Linear(nn.Linear):
     tensor-parallel styles accept it).
 
     `init_depth > 0` marks the output projection of a residual branch in an `init_depth`-layer
-    network (scaled down under "fan_in_depth").
+    network (scaled down under "fan_in_depth"). `share` names another Linear block whose weight and
+    bias this one uses (l3m.model.sharing).
     """
 
     outputs = ("x",)
+    context_parallel = "local"  # trait (l3m.traits): runs on a slice of the sequence as it is
+    float8 = True  # trait (l3m.dist.float8): a plain linear map, so it may train as torchao's Float8Linear
     shapes = "x: float[..., in_features] -> x: float[..., out_features]"
 
     def __init__(
@@ -30,11 +33,13 @@ class Linear(nn.Linear):
         init: InitStyle = "trunc_normal",
         init_std: float = 0.02,
         init_depth: int = 0,
+        share: str = "",
     ):
         super().__init__(in_features, out_features, bias=bias)
         self.init = check_style(init)
         self.init_std = init_std
         self.init_depth = init_depth
+        self.share = share  # another Linear whose parameters this one uses (the builder ties them)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -46,18 +51,22 @@ class Linear(nn.Linear):
 
 @register("block")
 class Concat(nn.Module):
-    """Concatenates any number of token sequences along the token dimension (dim 1)."""
+    """Concatenates any number of keys along `axis` (default 1: the tokens of `[B, N, D]` sequences).
+
+    Every other dim must agree; lint checks them and sums the axis (symbolically: `N + 1`).
+    """
 
     outputs = ("x",)
-    shapes = "@concat"  # [B, N_i, D] each -> [B, sum N_i, D]
+    shapes = "@concat_axis"  # [B, N_i, D] each -> [B, sum N_i, D] for axis 1
 
-    def __init__(self):
+    def __init__(self, axis: int = 1):
         super().__init__()
+        self.axis = axis
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         if not xs:
             raise ValueError("Concat needs at least one input")
-        return torch.cat(xs, dim=1)
+        return torch.cat(xs, dim=self.axis)
 
 
 class DropPath(nn.Module):
@@ -82,15 +91,19 @@ class DropPath(nn.Module):
 def collect_tp_plan(module: nn.Module, prefix: str = "") -> dict:
     """The tensor-parallel plan of `module` and everything below it, with dotted names.
 
-    A module that defines `tp_plan()` answers for its whole subtree; modules without one are
-    searched through. Names are relative to `module` (prefixed by `prefix`).
+    A module with the `tp_plan` trait (`l3m.traits`: a method, or a dict declared on the class or at
+    registration) answers for its whole subtree; modules without one are searched through. Named
+    styles ("colwise", ...) become torch's. Names are relative to `module` (prefixed by `prefix`).
     """
+    from l3m.dist.tp_styles import parallel_style
+
     plan: dict = {}
     for name, child in module.named_children():
         path = f"{prefix}{name}"
-        if callable(getattr(child, "tp_plan", None)):
-            for sub, style in child.tp_plan().items():
-                plan[f"{path}.{sub}" if sub else path] = style
+        own = getattr(child, "tp_plan", None)
+        if own is not None:
+            for sub, style in (own() if callable(own) else own).items():
+                plan[f"{path}.{sub}" if sub else path] = parallel_style(style, f"{path} ({type(child).__name__})")
         else:
             plan.update(collect_tp_plan(child, prefix=f"{path}."))
     return plan

@@ -4,8 +4,9 @@ Every mask is boolean `[B, 1, N, N]` (broadcast over heads) with True = "query i
 key j". None of these blocks has parameters.
 
 Under context parallelism `l3m.dist.cp` sets `cp` on each mask block: its input is then this
-rank's slice of the sequence, and the mask is `[B, 1, n_local, N]`, the rows of the local
-queries over every key.
+rank's share of the sequence, and the mask is `[B, 1, n_local, N]`, the rows of the local
+queries over every key, the keys in the gathered order (`key_columns`; the sequence order unless
+the layout is zigzag, see `l3m.dist.cp_layout`).
 
 `DocumentMask` may instead give a FlexAttention `BlockMask` (on CUDA, see `l3m.model.blocks.flex`),
 which `Attention` runs with FlexAttention.
@@ -27,9 +28,11 @@ def causal(n: int, device: torch.device | None = None) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool, device=device).tril()
 
 
-def causal_rows(rows: torch.Tensor, n_keys: int) -> torch.Tensor:
-    """`[len(rows), n_keys]`: the causal mask's rows for the query positions `rows`."""
-    return torch.arange(n_keys, device=rows.device)[None, :] <= rows[:, None]
+def causal_rows(rows: torch.Tensor, n_keys: int, cols: torch.Tensor | None = None) -> torch.Tensor:
+    """`[len(rows), n_keys]`: the causal mask's rows for the query positions `rows`, over the key
+    positions `cols` (default `0 .. n_keys - 1`)."""
+    cols = torch.arange(n_keys, device=rows.device) if cols is None else cols
+    return cols[None, :] <= rows[:, None]
 
 
 def query_rows(module: nn.Module, n: int, device: torch.device) -> tuple[torch.Tensor, int]:
@@ -38,8 +41,15 @@ def query_rows(module: nn.Module, n: int, device: torch.device) -> tuple[torch.T
     cp = getattr(module, "cp", None)
     if cp is None:
         return torch.arange(n, device=device), n
-    start = cp.offset(n)
-    return torch.arange(start, start + n, device=device), n * cp.size
+    return cp.positions(n, device), n * cp.size
+
+
+def key_columns(module: nn.Module, n: int, device: torch.device) -> torch.Tensor:
+    """The sequence positions of a mask's columns for `n` local tokens: `0..n-1`, or under context
+    parallelism every rank's positions in the gathered order (that of `all_keys` and of the keys
+    `Attention` gathers)."""
+    cp = getattr(module, "cp", None)
+    return torch.arange(n, device=device) if cp is None else cp.key_positions(n, device)
 
 
 def all_keys(module: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -52,7 +62,9 @@ def all_keys(module: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 class CausalMask(nn.Module):
     """Each token attends to itself and the tokens before it."""
 
+    causal = True  # its rows are causal: l3m.dist.cp balances the sequence over the ranks (zigzag)
     outputs = ("mask",)
+    context_parallel = "aware"  # trait (l3m.traits): reads `cp` to work on a slice of the sequence
     shapes = "x: [B, N, ...] -> mask: bool[B, 1, N, N]"
     cp = None
 
@@ -62,7 +74,7 @@ class CausalMask(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n = x.shape[0], x.shape[1]
         rows, total = query_rows(self, n, x.device)
-        return causal_rows(rows, total)[None, None].expand(b, 1, n, total)
+        return causal_rows(rows, total, key_columns(self, n, x.device))[None, None].expand(b, 1, n, total)
 
 
 @register("block")
@@ -72,7 +84,9 @@ class PrefixCausalMask(nn.Module):
     `offset` counts tokens that always belong to the prefix (a cls token, registers).
     """
 
+    causal = True  # its rows are causal: l3m.dist.cp balances the sequence over the ranks (zigzag)
     outputs = ("mask",)
+    context_parallel = "aware"  # trait (l3m.traits): reads `cp` to work on a slice of the sequence
     shapes = "x: [B, N, ...], prefix_len: [B] -> mask: bool[B, 1, N, N]"
     cp = None
 
@@ -82,9 +96,9 @@ class PrefixCausalMask(nn.Module):
 
     def forward(self, x: torch.Tensor, prefix_len: torch.Tensor) -> torch.Tensor:
         rows, total = query_rows(self, x.shape[1], x.device)
-        j = torch.arange(total, device=x.device)
+        j = key_columns(self, x.shape[1], x.device)
         prefix = (j[None, :] < (prefix_len.to(x.device)[:, None] + self.offset))[:, None, None, :]  # [B,1,1,N]
-        return causal_rows(rows, total)[None, None] | prefix
+        return causal_rows(rows, total, j)[None, None] | prefix
 
 
 @register("block")
@@ -96,6 +110,7 @@ class PaddingMask(nn.Module):
     """
 
     outputs = ("mask",)
+    context_parallel = "aware"  # trait (l3m.traits): reads `cp` to work on a slice of the sequence
     shapes = "tokens: [B, N] -> mask: bool[B, 1, N, N]"
     cp = None
 
@@ -106,7 +121,7 @@ class PaddingMask(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         rows, total = query_rows(self, tokens.shape[1], tokens.device)
         valid = (all_keys(self, tokens) != self.pad_id)[:, None, None, :]
-        eye = (torch.arange(total, device=tokens.device)[None, :] == rows[:, None])[None, None]
+        eye = (key_columns(self, tokens.shape[1], tokens.device)[None, :] == rows[:, None])[None, None]
         return valid | eye
 
 
@@ -129,7 +144,9 @@ class DocumentMask(nn.Module):
     the next document. Positions are not reset per document (the original's default too).
     """
 
+    causal = True  # its rows are causal: l3m.dist.cp balances the sequence over the ranks (zigzag)
     outputs = ("mask",)
+    context_parallel = "aware"  # trait (l3m.traits): reads `cp` to work on a slice of the sequence
     shapes = "@document_mask"  # needs `segments`, or `tokens` with eos_id
     cp = None
 
@@ -141,14 +158,14 @@ class DocumentMask(nn.Module):
 
     def forward(self, tokens: torch.Tensor | None = None, segments: torch.Tensor | None = None):
         if segments is not None:
-            doc = all_keys(self, segments)
+            doc = self._in_order(all_keys(self, segments))
             ref = segments
         elif tokens is None:
             raise ValueError("DocumentMask reads `segments` (document ids) or `tokens` (with eos_id); bind one")
         elif self.eos_id is None:
             raise ValueError("DocumentMask finds documents in `tokens` by eos_id: give eos_id, or bind `segments`")
         else:
-            is_eos = (all_keys(self, tokens) == self.eos_id).long()
+            is_eos = (self._in_order(all_keys(self, tokens)) == self.eos_id).long()
             doc = is_eos.cumsum(dim=1) - is_eos  # eos tokens before position i
             ref = tokens
         if self.impl == "flex" or (self.impl == "auto" and self.cp is None and flex_available(doc.device)):
@@ -157,5 +174,10 @@ class DocumentMask(nn.Module):
                                  "(mesh.cp > 1); use impl = auto or dense")
             return document_block_mask(doc)
         rows, total = query_rows(self, ref.shape[1], ref.device)
-        same = doc[:, rows][:, :, None] == doc[:, None, :]
-        return (same & causal_rows(rows, total)[None])[:, None]
+        cols = key_columns(self, ref.shape[1], ref.device)
+        same = doc[:, rows][:, :, None] == doc[:, cols][:, None, :]
+        return (same & causal_rows(rows, total, cols)[None])[:, None]
+
+    def _in_order(self, keys: torch.Tensor) -> torch.Tensor:
+        """Gathered ids in sequence order (documents are runs of the sequence, not of the gathered order)."""
+        return keys if self.cp is None else self.cp.unshard(keys, 1)

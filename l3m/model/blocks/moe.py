@@ -6,6 +6,10 @@ contiguous slice, so no token is dropped ("dropless"). With a `capacity_factor`,
 takes at most `ceil(capacity_factor * tokens * top_k / experts)` assignments (first choices
 before second choices, earlier tokens first); dropped assignments contribute nothing and the
 residual carries the token through.
+
+Under expert parallelism (`mesh.ep > 1`) each rank holds a slice of the experts and `l3m.dist.ep` sets
+the `ep` attribute: routing, the balance loss and the capacity cut stay on the rank's own tokens
+(exactly as without it), and only the expert computation moves to the experts' owners.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from l3m.interfaces import FeedForward
+from l3m.model.blocks.feedforward import mlp_hidden
 from l3m.model.blocks.layers import Linear
 from l3m.model.init import InitStyle, check_style, init_weight_
 from l3m.registry import register
@@ -48,22 +54,26 @@ def _act_grad(h: torch.Tensor, act: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @register("block")
-class MoE(nn.Module):
+class MoE(nn.Module, FeedForward):
     """Top-k routed experts; returns the output and the (unscaled, float32) load-balancing loss.
 
     `expert_init` initialises the experts (default: `init`; ml-l3m draws them N(0, init_std)). With
     `top_k > 1` the chosen probabilities are renormalised to sum to 1 unless `normalize=False` (megablocks'
-    `moe_normalize_expert_weights=0`: the raw probabilities weight the experts).
+    `moe_normalize_expert_weights=0`: the raw probabilities weight the experts). `hidden` defaults to the
+    gated size for `mlp_ratio` (as a Transformer's `moe_every` layers), so `mlp = MoE(num_experts = 8)` works.
     """
 
     outputs = ("x", "aux_loss")
+    context_parallel = "local"  # trait (l3m.traits): runs on a slice of the sequence as it is
+    expert_parallel = ("w1", "w3", "w2")  # trait: stacked by expert, split over `mesh.ep` ranks
+    ep = None  # a l3m.dist.ep.ExpertParallel when the experts are split over ranks
     shapes = "x: float[..., dim] -> x: float[..., dim], aux_loss: float[]"
     checks = (("1 <= top_k <= num_experts", "top_k ({top_k}) must be between 1 and num_experts ({num_experts})"),)
 
     def __init__(
         self,
         dim: int,
-        hidden: int,
+        hidden: int | None = None,
         num_experts: int = 4,
         top_k: int = 1,
         capacity_factor: float | None = None,
@@ -73,8 +83,11 @@ class MoE(nn.Module):
         act: Literal["silu", "gelu"] = "silu",
         expert_init: InitStyle | None = None,
         normalize: bool = True,
+        mlp_ratio: float = 4.0,
+        multiple_of: int = 256,
     ):
         super().__init__()
+        hidden = hidden or mlp_hidden(dim, mlp_ratio, True, multiple_of)
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k={top_k} must be between 1 and num_experts={num_experts}")
         if act not in ("silu", "gelu"):
@@ -124,7 +137,12 @@ class MoE(nn.Module):
         capacity = -1
         if self.capacity_factor is not None:
             capacity = math.ceil(self.capacity_factor * t * self.top_k / self.num_experts)
-        if x.is_meta:  # shapes only (planning, FLOP counting): assume perfectly balanced routing
+        if self.ep is not None and not x.is_meta:
+            expert, token, weight, _ = _select(expert, token, weight, self.num_experts, capacity)
+            w1, w3, w2 = (self.ep.local(w) for w in (self.w1, self.w3, self.w2))
+            out = self.ep.dispatch(xf, expert, token, weight, self.num_experts,
+                                   lambda rows, counts: grouped_experts(rows, w1, w3, w2, counts, self.act))
+        elif x.is_meta:  # shapes only (planning, FLOP counting): assume perfectly balanced routing
             n, e_ = expert.shape[0], self.num_experts
             counts = [n // e_ + (1 if e < n % e_ else 0) for e in range(e_)]
             counts = [min(c, capacity) for c in counts] if capacity >= 0 else counts
@@ -149,6 +167,26 @@ def _run_experts(x, w1, w3, w2, order, token, weight, counts: list[int], act: st
             out = out.index_add(0, tok, y)
         start += c
     return out
+
+
+def _linear_grouped(x: torch.Tensor, w: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Rows of `x` grouped by expert (`counts[e]` rows for expert e) times each expert's `w[e]^T`:
+    one grouped matmul where torch has one for the device (bf16 on recent CUDA GPUs), else a loop."""
+    if x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm") \
+            and torch.cuda.get_device_capability(x.device) >= (9, 0):
+        offs = torch.tensor(counts, device=x.device).cumsum(0).to(torch.int32)
+        return torch._grouped_mm(x, w.transpose(-2, -1), offs=offs)
+    parts = [F.linear(xe, w[e]) for e, xe in enumerate(x.split(counts))]
+    return torch.cat(parts) if parts else x.new_zeros(0, w.shape[1])
+
+
+def grouped_experts(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, counts: list[int],
+                    act: str = "silu") -> torch.Tensor:
+    """The experts on rows already grouped by expert (differentiable through autograd): expert
+    parallelism runs its local experts on the tokens it received with this."""
+    w1, w3, w2 = (w.to(x.dtype) for w in (w1, w3, w2))
+    h = _act(_linear_grouped(x, w1, counts), act) * _linear_grouped(x, w3, counts)
+    return _linear_grouped(h, w2, counts)
 
 
 def _dispatch(x, w1, w3, w2, expert, token, weight, capacity: int, act: str = "silu") -> torch.Tensor:

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from l3m.interfaces import Norm
 from l3m.registry import register
 
 NormKind = Literal["layernorm", "rmsnorm"]
 
 
 @register("block")
-class LayerNorm(nn.Module):
+class LayerNorm(nn.Module, Norm):
     """LayerNorm with its own init; `fp32` normalises in float32 and casts back."""
 
     outputs = ("x",)
+    context_parallel = "local"  # trait (l3m.traits): runs on a slice of the sequence as it is
     shapes = "x: float[..., dim] -> x: float[..., dim]"
 
     def __init__(self, dim: int, eps: float = 1e-6, fp32: bool = False, bias: bool = True):
@@ -45,10 +47,11 @@ class LayerNorm(nn.Module):
 
 
 @register("block")
-class RMSNorm(nn.Module):
+class RMSNorm(nn.Module, Norm):
     """Root-mean-square norm (no centring, no bias); always computed in float32."""
 
     outputs = ("x",)
+    context_parallel = "local"  # trait (l3m.traits): runs on a slice of the sequence as it is
     shapes = "x: float[..., dim] -> x: float[..., dim]"
 
     def __init__(self, dim: int, eps: float = 1e-6):
@@ -70,8 +73,13 @@ class RMSNorm(nn.Module):
         return f"{self.dim}, eps={self.eps}"
 
 
-def make_norm(kind: str, dim: int, eps: float = 1e-6, fp32: bool = False) -> nn.Module:
-    """A norm by name; "none" gives an Identity."""
+def make_norm(kind: Any, dim: int, eps: float = 1e-6, fp32: bool = False) -> nn.Module:
+    """A norm by name ("none" gives an Identity), or a `Norm` component (a Factory or `use(...)`)
+    built with this width, eps and fp32 as its host's context (its own arguments win)."""
+    if not isinstance(kind, str):
+        from l3m.model.components import as_factory
+
+        return as_factory(kind)(dim=dim, eps=eps, fp32=fp32)
     if kind == "layernorm":
         return LayerNorm(dim, eps=eps, fp32=fp32)
     if kind == "rmsnorm":

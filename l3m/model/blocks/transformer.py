@@ -3,27 +3,44 @@
 Layers live in an `nn.ModuleList` called `layers` so that FSDP, activation checkpointing and
 `torch.compile` can wrap each one. Feed-forwards can be dense or mixture-of-experts; the
 MoE load-balancing terms are averaged over the MoE layers into the `aux_loss` output.
+
+Each part is a component the trunk builds once per layer with its own context (width, heads,
+depth, init, ...): `attn = Attention(pos = Rope2d())`, `mlp = SwiGLU(hidden = 256)`,
+`norm = RMSNorm(eps = 1e-5)`. The flat arguments (heads, qkv_bias, norm_eps, mlp_ratio, ...) are
+that context; what the component's call writes wins. The strings ("swiglu", "rmsnorm") name the
+same components, so a file gets the same parameters and function either way.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.distributed.tensor.parallel import ParallelStyle
 
+from l3m.interfaces import AttentionLayer, BranchAdapter, FeedForward, Norm, use
 from l3m.model.blocks.attention import Attention
 from l3m.model.blocks.embeddings import RotaryEmbedding
-from l3m.model.blocks.feedforward import MLP, mlp_hidden
+from l3m.model.blocks.feedforward import MLP, GeGLU, SwiGLU, mlp_hidden
 from l3m.model.blocks.layers import DropPath, collect_tp_plan
 from l3m.model.blocks.moe import MoE
 from l3m.model.blocks.norms import make_norm
+from l3m.model.components import Factory, as_factory
 from l3m.model.init import InitStyle, check_style
 from l3m.registry import register
 
-_MLP = {"gelu": ("gelu", False), "swiglu": ("silu", True), "geglu": ("gelu", True)}
+# The feed-forward a string names: the same component a file may write.
+_MLP = {
+    "gelu": lambda: Factory("MLP", MLP, {"act": "gelu", "glu": False}),
+    "swiglu": lambda: Factory("SwiGLU", SwiGLU),
+    "geglu": lambda: Factory("GeGLU", GeGLU),
+}
+
+
+_ATTENTION = use("Attention")  # the default self-attention component
 
 
 def _keep(x: torch.Tensor) -> torch.Tensor:
@@ -37,17 +54,21 @@ class TransformerLayer(nn.Module):
     adds `norm1(x)` to `x`: what ml-l3m's MLP-only blocks (AIMv1's decoder) compute.
     """
 
+    ac_parts = {"mlp": ("mlp",)}  # trait (l3m.traits): activation_checkpointing = "mlp" checkpoints `mlp`
+
     def __init__(
         self,
         dim: int,
-        attn: Attention | None,
-        cross_attn: Attention | None,
+        attn: nn.Module | None,
+        cross_attn: nn.Module | None,
         mlp: nn.Module | None,
-        norm: str,
+        norm: Any,
         norm_eps: float,
         norm_fp32: bool,
         drop_path: float,
         identity_attn: bool = False,
+        adapter_1: nn.Module | None = None,
+        adapter_2: nn.Module | None = None,
     ):
         super().__init__()
         self.identity_attn = identity_attn and attn is None
@@ -58,19 +79,30 @@ class TransformerLayer(nn.Module):
         self.norm2 = make_norm(norm, dim, norm_eps, norm_fp32) if mlp is not None else None
         self.mlp = mlp
         self.drop_path = DropPath(drop_path)
+        # Bottleneck adapters on the attention and feed-forward outputs (ml-l3m's BlockWithAdapter).
+        self.adapter_1 = adapter_1 if attn is not None else None
+        self.adapter_2 = adapter_2 if mlp is not None else None
 
     def forward(
         self,
         x: torch.Tensor,
         mask: torch.Tensor | None = None,
-        is_causal: bool = False,
+        is_causal: bool | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         context: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`is_causal` None: each attention's own `causal` (the trunk builds it with its `causal`)."""
         # Without stochastic depth the branch is added as it is (no call per residual).
         drop = self.drop_path if self.drop_path.p > 0.0 else _keep
         if self.attn is not None:
-            x = x + drop(self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rope=rope))
+            host: dict[str, Any] = {}
+            if isinstance(self.attn, Attention):  # a user's AttentionLayer gets x and mask only
+                if is_causal is not None:
+                    host["is_causal"] = is_causal
+                if rope is not None:
+                    host["rope"] = rope
+            h = self.attn(self.norm1(x), mask=mask, **host)
+            x = x + drop(h if self.adapter_1 is None else self.adapter_1(h))
         elif self.identity_attn:
             x = x + drop(self.norm1(x))
         if self.cross_attn is not None:
@@ -80,7 +112,7 @@ class TransformerLayer(nn.Module):
             h = self.mlp(self.norm2(x))
             if isinstance(h, tuple):
                 h, aux = h
-            x = x + drop(h)
+            x = x + drop(h if self.adapter_2 is None else self.adapter_2(h))
         return x, aux
 
 
@@ -96,11 +128,28 @@ class Transformer(nn.Module):
     `mask` is a boolean `[B, 1, N, N]` (True = may attend). With `causal` it is intersected
     with the causal mask, so prefix attention is `causal=false` plus a PrefixCausalMask.
 
-    `attention=false` drops self-attention; `identity_attn=true` then keeps its branch as an
-    identity (each layer adds `norm1(x)`), as ml-l3m's MLP-only blocks do (AIMv1's decoder).
+    `attention=false` (or `attn = null`) drops self-attention; `identity_attn=true` then keeps its
+    branch as an identity (each layer adds `norm1(x)`), as ml-l3m's MLP-only blocks do (AIMv1's decoder).
+
+    Components: `attn` (an AttentionLayer, default `Attention()`) is built per layer with dim, heads,
+    head_dim, kv_heads, qkv_bias, proj_bias, fused_qkv, qk_norm, norm, norm_eps, causal, depth, init and
+    init_std; cross-attention with the same component plus `cross = true` and `context_dim` (and no
+    `pos`). `mlp` (a FeedForward) with dim, hidden, mlp_ratio, multiple_of, bias = mlp_bias, init_depth =
+    depth, init, init_std (and num_experts, top_k, capacity_factor for a MoE); `norm` (a Norm) with dim,
+    eps = norm_eps, fp32 = norm_fp32. `rope = true` is one 1-D RoPE table shared by the layers (what
+    exports read); an attention with its own `pos` uses that instead.
+
+    `adapter` (a BranchAdapter, e.g. `Adapter(hidden = 32)`) is built twice per layer with dim, init and
+    init_std: `adapter_1` maps the self-attention's output and `adapter_2` the feed-forward's before each
+    residual sum (ml-l3m's BlockWithAdapter; l3m.model.blocks.peft).
+
+    `share_layers = true` (ALBERT) applies the first layer `depth` times: one set of weights, named
+    `layers.0.*`, one FSDP/AC/compile unit (stochastic depth then has the first layer's rate, 0).
     """
 
     outputs = ("x", "aux_loss?", "hidden?")
+    context_parallel = "local"  # trait (l3m.traits): runs on a slice of the sequence as it is
+    layer_lists = ("layers",)  # trait: the repeated layers (AC, compile and FSDP units)
     shapes = "@transformer"  # context: [B, M, context_dim or dim]; heads | dim unless head_dim; even head_dim with rope
     checks = (
         ("heads >= 1", "heads ({heads}) must be at least 1"),
@@ -111,6 +160,7 @@ class Transformer(nn.Module):
         ("not identity_attn or not attention", "identity_attn replaces self-attention: it needs attention = false"),
         ("moe_every == 0 or mlp != 'none'", "moe_every ({moe_every}) needs an mlp to replace (mlp = none)"),
         ("0 <= return_hidden <= depth", "return_hidden ({return_hidden}) must be between 0 and depth ({depth})"),
+        ("not share_layers or moe_every == 0", "share_layers repeats the first layer: it cannot mix in MoE layers"),
     )
 
     def __init__(
@@ -120,11 +170,11 @@ class Transformer(nn.Module):
         heads: int,
         head_dim: int | None = None,
         kv_heads: int | None = None,
-        mlp: Literal["gelu", "swiglu", "geglu", "none"] = "gelu",
+        mlp: FeedForward | Literal["gelu", "swiglu", "geglu", "none"] = "gelu",
         mlp_ratio: float = 4.0,
         hidden: int | None = None,
         multiple_of: int = 256,
-        norm: Literal["layernorm", "rmsnorm"] = "layernorm",
+        norm: Norm | Literal["layernorm", "rmsnorm"] = "layernorm",
         norm_eps: float = 1e-6,
         norm_fp32: bool = False,
         qkv_bias: bool = False,
@@ -153,11 +203,20 @@ class Transformer(nn.Module):
         cross_attention: bool = False,
         context_dim: int | None = None,
         return_hidden: int = 0,
+        attn: AttentionLayer | None = _ATTENTION,
+        share_layers: bool = False,
+        adapter: BranchAdapter | None = None,
     ):
         super().__init__()
         check_style(init)
-        if mlp not in (*_MLP, "none"):
+        if isinstance(mlp, str) and mlp not in (*_MLP, "none"):
             raise ValueError(f"unknown mlp {mlp!r}; expected gelu, swiglu, geglu or none")
+        if isinstance(norm, str) and norm not in ("layernorm", "rmsnorm"):
+            raise ValueError(f"unknown norm {norm!r}; expected layernorm or rmsnorm")
+        attn_f = as_factory(attn) if attn is not None else None
+        attention = attention and attn_f is not None
+        if attn_f is None and cross_attention:
+            raise ValueError("cross_attention builds its layers from `attn`, which is null")
         if not attention and mlp == "none" and not cross_attention:
             raise ValueError("a transformer layer needs attention or an mlp")
         if identity_attn and attention:
@@ -166,40 +225,63 @@ class Transformer(nn.Module):
             raise ValueError("moe_every needs an mlp to replace")
         if not 0 <= return_hidden <= depth:
             raise ValueError(f"return_hidden={return_hidden} must be between 0 and depth={depth}")
-        if head_dim is None and (attention or cross_attention) and dim % heads:
+        # The attention's own heads / head_dim (written in `attn = Attention(...)`) win over the trunk's.
+        eff_heads = attn_f.get("heads", heads) if attn_f is not None else heads
+        eff_head_dim = attn_f.get("head_dim", head_dim) if attn_f is not None else head_dim
+        if eff_head_dim is None and (attention or cross_attention) and dim % eff_heads:
             # the heads would silently cover only heads * (dim // heads) of the width
-            raise ValueError(f"heads ({heads}) must divide dim ({dim}), or give head_dim")
-        head_dim = head_dim or dim // heads
+            raise ValueError(f"heads ({eff_heads}) must divide dim ({dim}), or give head_dim")
         self.dim, self.depth, self.causal = dim, depth, causal
         self.moe_aux_scale, self.return_hidden = moe_aux_scale, return_hidden
-        act, glu = _MLP.get(mlp, ("gelu", False))
+        ffn_f = None if mlp == "none" else _MLP[mlp]() if isinstance(mlp, str) else as_factory(mlp)
         # MoE experts are always gated (`moe_act`: SiLU or GELU), so they get the GLU size unless `hidden` is given.
-        dense_hidden = hidden or mlp_hidden(dim, mlp_ratio, glu, multiple_of)
         moe_hidden = hidden or mlp_hidden(dim, mlp_ratio, True, multiple_of)
         # Stochastic depth grows linearly to `drop_path` at the last layer (plain Python: no
         # tensor may be read while building on the meta device).
         rates = [drop_path * i / (depth - 1) for i in range(depth)] if depth > 1 else [drop_path] * depth
         common = dict(init=init, init_std=init_std)
-        attn_args = dict(
+        attn_ctx = dict(
             dim=dim, heads=heads, head_dim=head_dim, kv_heads=kv_heads, qkv_bias=qkv_bias,
             proj_bias=proj_bias, fused_qkv=fused_qkv, qk_norm=qk_norm, norm=norm, norm_eps=norm_eps,
             depth=depth, **common,
         )  # fmt: skip
+        cross_f = None
+        if cross_attention:  # the same component, less its position encoding
+            cross_f = copy.copy(attn_f)  # keeps a builder's Factory subclass (its span for errors)
+            cross_f.kwargs = {k: v for k, v in attn_f.kwargs.items() if k != "pos"}
+        ffn_ctx = dict(dim=dim, hidden=hidden, mlp_ratio=mlp_ratio, multiple_of=multiple_of, bias=mlp_bias,
+                       init_depth=depth, num_experts=num_experts, top_k=top_k, capacity_factor=capacity_factor,
+                       **common)
+        adapter_f = as_factory(adapter) if adapter is not None else None
+
+        def adapter_pair() -> tuple[nn.Module | None, nn.Module | None]:
+            if adapter_f is None:
+                return None, None
+            return adapter_f(dim=dim, **common), adapter_f(dim=dim, **common)
+
         layers = []
         for i in range(depth):
-            attn = Attention(**attn_args) if attention else None
-            cross = Attention(**attn_args, cross=True, context_dim=context_dim) if cross_attention else None
-            if mlp == "none":
+            a = attn_f(**attn_ctx, causal=causal) if attention else None
+            cross = cross_f(**attn_ctx, cross=True, context_dim=context_dim) if cross_f is not None else None
+            if ffn_f is None:
                 ffn = None
             elif moe_every and (i + 1) % moe_every == 0:
                 ffn = MoE(dim, moe_hidden, num_experts, top_k, capacity_factor, init_depth=depth, act=moe_act,
                           expert_init=moe_init, normalize=moe_normalize, **common)
             else:
-                ffn = MLP(dim, dense_hidden, act=act, bias=mlp_bias, glu=glu, init_depth=depth, **common)
-            layers.append(TransformerLayer(dim, attn, cross, ffn, norm, norm_eps, norm_fp32, rates[i], identity_attn))
+                ffn = ffn_f(**ffn_ctx)
+            layers.append(TransformerLayer(dim, a, cross, ffn, norm, norm_eps, norm_fp32, rates[i], identity_attn,
+                                           *adapter_pair()))
+        if share_layers and layers:  # ALBERT: the first layer's weights, applied depth times (one unit)
+            if moe_every:
+                raise ValueError("share_layers repeats the first layer, so it cannot mix MoE and dense layers")
+            layers = [layers[0]] * depth
         self.layers = nn.ModuleList(layers)
         self.num_moe = sum(isinstance(layer.mlp, MoE) for layer in layers)
-        self.rope = RotaryEmbedding(head_dim, rope_theta, rope_scaling) if rope else None
+        # One table for the layers whose attention takes the trunk's 1-D RoPE (none of its own `pos`).
+        shared = any(isinstance(layer.attn, Attention) and layer.attn.pos is None for layer in layers)
+        rope_hd = eff_head_dim or dim // eff_heads
+        self.rope = RotaryEmbedding(rope_hd, rope_theta, rope_scaling) if rope and shared else None
         self.norm = make_norm(norm if final_norm else "none", dim, norm_eps, norm_fp32)
 
     def tp_plan(self) -> dict[str, ParallelStyle]:
@@ -213,7 +295,7 @@ class Transformer(nn.Module):
         kept: list[torch.Tensor] = []
         first_kept = self.depth - self.return_hidden
         for i, layer in enumerate(self.layers):
-            x, a = layer(x, mask=mask, is_causal=self.causal, rope=rope, context=context)
+            x, a = layer(x, mask=mask, rope=rope, context=context)
             if a is not None:
                 aux = aux + a
             if self.return_hidden and i >= first_kept:

@@ -1,0 +1,74 @@
+"""Fitting a built model with the cache while it generates, and taking it off after.
+
+Three things learn where the running tokens sit: each causal self-attention gets a `LayerCache`
+(`Attention.kv_cache`), and the position sources (1-D RoPE tables, position tables) are swapped in
+place for versions that read each sequence's positions from the `DecodeState`. Everything is put
+back on exit, so the model trains, evaluates and saves as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from l3m.generation.cache import DecodeState, LayerCache
+from l3m.model.blocks.attention import Attention
+from l3m.model.blocks.embeddings import PosEmbed, RotaryEmbedding
+
+
+class PlacedRotary(nn.Module):
+    """A RotaryEmbedding's tables at each sequence's own positions: `[B, n, head_dim]`."""
+
+    def __init__(self, inner: RotaryEmbedding, state: DecodeState) -> None:
+        super().__init__()
+        self.inner, self.state = inner, state
+
+    def forward(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = self.state.positions().to(self.inner.inv_freq.device, torch.float32)
+        angles = pos[..., None] * self.inner.inv_freq.float()
+        angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos(), angles.sin()
+
+
+class PlacedTable(nn.Module):
+    """A PosEmbed (offset 0) that adds the rows of each sequence's own positions."""
+
+    def __init__(self, inner: PosEmbed, state: DecodeState) -> None:
+        super().__init__()
+        self.inner, self.state = inner, state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pos = self.state.positions().to(x.device)
+        if int(pos.max()) >= self.inner.num:
+            raise ValueError(f"the sequence is longer than the model's {self.inner.num} positions "
+                             "(shorten the prompt or --max-new-tokens)")
+        return x + self.inner.pos[0][pos].to(x.dtype)
+
+
+@contextlib.contextmanager
+def decoding(model: nn.Module, state: DecodeState) -> Iterator[None]:
+    """`model` with a fresh cache per causal self-attention and positions read from `state`."""
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    cached: list[Attention] = []
+    try:
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, RotaryEmbedding):
+                    swapped.append((parent, name, child))
+                    setattr(parent, name, PlacedRotary(child, state))
+                elif isinstance(child, PosEmbed):
+                    swapped.append((parent, name, child))
+                    setattr(parent, name, PlacedTable(child, state))
+        for m in model.modules():
+            if isinstance(m, Attention) and m.causal and not m.cross:
+                m.kv_cache = LayerCache(state)
+                cached.append(m)
+        yield
+    finally:
+        for m in cached:
+            del m.kv_cache  # back to the class's None
+        for parent, name, child in reversed(swapped):
+            setattr(parent, name, child)
