@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-from l3m.dsl.diagnostics import CompileError
 from l3m.registry import register
 
 __version__ = "0.1.0"
@@ -47,6 +46,15 @@ def generate(source, prompts, *, max_new_tokens: int = 32, temperature: float = 
 
     return _generate(source, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                      seed=seed, use_cache=use_cache, image=image, file=file, overrides=overrides, device=device)
+
+
+def __getattr__(name: str):
+    """`l3m.CompileError` without importing the compiler when `l3m` is imported."""
+    if name == "CompileError":
+        from l3m.dsl.diagnostics import CompileError
+
+        return CompileError
+    raise AttributeError(f"module 'l3m' has no attribute {name!r}")
 
 
 __all__ = ["CompileError", "export", "generate", "load", "register", "__version__"]

@@ -23,3 +23,14 @@ def compile_text(tmp_path):
         return compile_file(str(path), overrides, world_size=world_size)
 
     return run
+
+
+@pytest.fixture
+def run_env(monkeypatch, tmp_path):
+    """For tests that train or export (`pytestmark`): wandb off, no peak-FLOPs timing, the CPU,
+    and the temporary directory as the working directory (for the default `runs/`)."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("L3M_PEAK_FLOPS", "1e11")  # no matmul timing in tests
+    monkeypatch.setenv("L3M_DEVICE", "cpu")
+    monkeypatch.chdir(tmp_path)

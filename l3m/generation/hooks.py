@@ -9,7 +9,8 @@ back on exit, so the model trains, evaluates and saves as before.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,22 +50,22 @@ class PlacedTable(nn.Module):
 
 
 @contextlib.contextmanager
-def decoding(model: nn.Module, state: DecodeState) -> Iterator[None]:
-    """`model` with a fresh cache per causal self-attention and positions read from `state`."""
+def installed(root: nn.Module, state: Any, cache: Callable[[Any], Any],
+              placed: Mapping[type, Callable[[Any, Any], nn.Module]]) -> Iterator[None]:
+    """Within `root`: a `cache(state)` on each causal self-attention and, for each module of a type in
+    `placed`, its stand-in reading positions from `state`; everything put back on exit."""
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
     cached: list[Attention] = []
     try:
-        for parent in list(model.modules()):
+        for parent in list(root.modules()):
             for name, child in list(parent.named_children()):
-                if isinstance(child, RotaryEmbedding):
+                make = placed.get(type(child))
+                if make is not None:
                     swapped.append((parent, name, child))
-                    setattr(parent, name, PlacedRotary(child, state))
-                elif isinstance(child, PosEmbed):
-                    swapped.append((parent, name, child))
-                    setattr(parent, name, PlacedTable(child, state))
-        for m in model.modules():
+                    setattr(parent, name, make(child, state))
+        for m in root.modules():
             if isinstance(m, Attention) and m.causal and not m.cross:
-                m.kv_cache = LayerCache(state)
+                m.kv_cache = cache(state)
                 cached.append(m)
         yield
     finally:
@@ -72,3 +73,8 @@ def decoding(model: nn.Module, state: DecodeState) -> Iterator[None]:
             del m.kv_cache  # back to the class's None
         for parent, name, child in reversed(swapped):
             setattr(parent, name, child)
+
+
+def decoding(model: nn.Module, state: DecodeState) -> contextlib.AbstractContextManager[None]:
+    """`model` with a fresh cache per causal self-attention and positions read from `state`."""
+    return installed(model, state, LayerCache, {RotaryEmbedding: PlacedRotary, PosEmbed: PlacedTable})

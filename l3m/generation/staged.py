@@ -34,9 +34,8 @@ from torch import nn
 
 from l3m.generation.decode import Output, Settings, _check, _Collector, _device, _generator
 from l3m.generation.decoder import TOKENWISE, Decoder, _trunk_problem
-from l3m.generation.hooks import PlacedRotary
+from l3m.generation.hooks import PlacedRotary, installed
 from l3m.generation.sampling import next_tokens
-from l3m.model.blocks.attention import Attention
 from l3m.model.blocks.embeddings import ClsToken, PosEmbed, RotaryEmbedding
 from l3m.model.blocks.layers import Concat
 from l3m.model.blocks.pooling import SelectTokens
@@ -184,26 +183,11 @@ class StagedRunner:
     def caching(self) -> Iterator[None]:
         """Each causal self-attention of the per-chunk Transformers keeps its keys/values; their
         rotary tables read the chunk's positions."""
-        swapped: list[tuple[nn.Module, str, nn.Module]] = []
-        cached: list[Attention] = []
-        try:
+        with contextlib.ExitStack() as stack:
             for path, state in self.states.items():
-                trunk = self.model.get_submodule(path)
-                for parent in list(trunk.modules()):
-                    for name, child in list(parent.named_children()):
-                        if isinstance(child, RotaryEmbedding):
-                            swapped.append((parent, name, child))
-                            setattr(parent, name, PlacedRotary(child, state))  # type: ignore[arg-type]
-                for m in trunk.modules():
-                    if isinstance(m, Attention) and m.causal and not m.cross:
-                        m.kv_cache = SlotCache(state)
-                        cached.append(m)
+                stack.enter_context(installed(self.model.get_submodule(path), state, SlotCache,
+                                              {RotaryEmbedding: PlacedRotary}))
             yield
-        finally:
-            for m in cached:
-                del m.kv_cache
-            for parent, name, child in reversed(swapped):
-                setattr(parent, name, child)
 
     def chunk(self, tokens: torch.Tensor, pos: torch.Tensor, first: bool) -> Chunk:
         """The logits chunk for text `tokens` `[B, n]` at text positions `pos` `[B, n]`; `first`:

@@ -75,8 +75,9 @@ def _fits(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> LoadReport:
     return load_pretrained(model, {k: v.to("meta") for k, v in tensors.items()}, strict=True)
 
 
-def _run(what: str, body: Callable[[], str]) -> int:
-    """Exit codes as the other commands: 0 done, 1 the weights or the program do not fit, 2 I/O."""
+def run_command(what: str, body: Callable[[], str]) -> int:
+    """Run `l3m WHAT` and print what `body` returns; exit codes as the other commands: 0 done, 1 the
+    weights or the program do not fit (one line), 2 a missing or unreadable input or an unwritable output."""
     from l3m.dsl.diagnostics import CompileError
 
     try:
@@ -121,7 +122,7 @@ def import_main(kind: str, src: str, l3m_file: str, out: str, overrides: Sequenc
         save_safetensors(tensors, out, {"producer": "l3m import", "kind": kind})
         return f"imported {len(report.loaded)} tensors from {src} ({kind}) for {l3m_file}: {out}"
 
-    return _run("import", body)
+    return run_command("import", body)
 
 
 def export_main(kind: str, src: str, l3m_file: str, out: str, overrides: Sequence[str] = ()) -> int:
@@ -140,7 +141,7 @@ def export_main(kind: str, src: str, l3m_file: str, out: str, overrides: Sequenc
         save_safetensors(tensors, out, {"producer": "l3m", "kind": kind})
         return f"exported {len(tensors)} tensors of {l3m_file} from {src} as {kind}: {out}"
 
-    return _run("export", body)
+    return run_command("export", body)
 
 
 __all__ = [

@@ -15,7 +15,7 @@ structure, and the weights must fit it exactly. The run's tokenizer (a data sour
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,37 +189,16 @@ def _export_safetensors(source: str | Path, out: str | Path, notes: list[str], e
     return ExportResult([Path(out)], info["step"], notes)
 
 
-def run_reporting(action: Callable[[], ExportResult], what: str) -> ExportResult | int:
-    """Run an export for the command line: its result, or the exit code after one line on stderr
-    (1 the model or the weights do not map, 2 a missing or unreadable input or an unwritable output)."""
-    from l3m.dsl.diagnostics import CompileError
-
-    try:
-        result = action()
-    except CompileError as e:
-        print(str(e), file=sys.stderr)
-        return 2 if all(d.code == "E002" for d in e.diagnostics) else 1
-    except (FileNotFoundError, IsADirectoryError, PermissionError, FileExistsError) as e:
-        print(f"error: l3m export: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, KeyError) as e:
-        print(f"error: {what}: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"error: l3m export: {e}", file=sys.stderr)
-        return 2
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
-    return result
-
-
 def cli_main(source: str, out: str, format: str, file: str | None, overrides: Sequence[str],
              dtype: str | None = None, ema: bool = False) -> int:
-    """`l3m export SOURCE OUT --format hf|timm` (exit codes as `run_reporting`)."""
-    result = run_reporting(lambda: export(source, out, format, file=file, overrides=overrides, dtype=dtype, ema=ema),
-                           f"l3m export --format {format}")
-    if isinstance(result, int):
-        return result
-    step = f" (step {result.step})" if result.step >= 0 else ""
-    print(f"exported {source}{step} as {format}: " + ", ".join(str(f) for f in result.files))
-    return 0
+    """`l3m export SOURCE OUT --format hf|timm` (exit codes as `l3m.interop.run_command`)."""
+    from l3m.interop import run_command
+
+    def body() -> str:
+        result = export(source, out, format, file=file, overrides=overrides, dtype=dtype, ema=ema)
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+        step = f" (step {result.step})" if result.step >= 0 else ""
+        return f"exported {source}{step} as {format}: " + ", ".join(str(f) for f in result.files)
+
+    return run_command(f"export --format {format}", body)

@@ -11,6 +11,7 @@ layers no merge can remove: their tensors stay in l3m's safetensors format, and 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -101,13 +102,13 @@ def cli_main(source: str, out: str, file: str | None, overrides: Sequence[str], 
              adapters_only: bool = False) -> int:
     """`l3m export SOURCE OUT [--adapters-only]` for a fine-tuned model: exit 0 written, 1 the weights do
     not fit or the model has no adapters, 2 a missing or unreadable input or an unwritable output."""
-    from l3m.interop.export import run_reporting
+    from l3m.interop import run_command
 
-    result = run_reporting(lambda: export_finetuned(source, out, file=file, overrides=overrides, ema=ema,
-                                                    adapters_only=adapters_only), "l3m export")
-    if isinstance(result, int):
-        return result
-    step = f" (step {result.step})" if result.step >= 0 else ""
-    what = "adapter tensors" if adapters_only else "weights"
-    print(f"exported the {what} of {source}{step}: {out}")
-    return 0
+    def body() -> str:
+        result = export_finetuned(source, out, file=file, overrides=overrides, ema=ema, adapters_only=adapters_only)
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+        step = f" (step {result.step})" if result.step >= 0 else ""
+        return f"exported the {'adapter tensors' if adapters_only else 'weights'} of {source}{step}: {out}"
+
+    return run_command("export", body)

@@ -145,3 +145,14 @@ def test_github_annotation_format(compile_text):
     compiled = compile_text(HEAD + GPT.replace("Transformer(", "Transfomer("))
     line = render_github(compiled.errors[0])
     assert line.startswith("::error file=") and ",line=5,col=26,title=E201::" in line
+
+
+def test_load_raises_the_public_compile_error_with_every_diagnostic(tmp_path):
+    import l3m
+
+    bad = tmp_path / "bad.l3m"
+    bad.write_text("l3m 1\nlet a = (1\nlet b = 2 +\n")
+    with pytest.raises(l3m.CompileError) as e:
+        l3m.load(str(bad))
+    assert [d.code for d in e.value.diagnostics if d.is_error] == ["E001"]
+    assert "bad.l3m:3:1: error[E001]" in str(e.value)

@@ -9,12 +9,7 @@ import pytest
 
 
 @pytest.fixture
-def quiet_run(monkeypatch, tmp_path):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
-    monkeypatch.setenv("L3M_PEAK_FLOPS", "1e11")
-    monkeypatch.setenv("L3M_DEVICE", "cpu")
-    monkeypatch.chdir(tmp_path)
+def quiet_run(run_env, tmp_path):
     old = os.umask(0o022)
     yield tmp_path
     os.umask(old)

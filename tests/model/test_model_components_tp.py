@@ -5,27 +5,11 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
-import torch.distributed as dist
 
 from l3m.interfaces import use
 from l3m.model.blocks.layers import collect_tp_plan
 from l3m.model.blocks.transformer import Transformer
-
-
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory):
-    from torch.distributed.device_mesh import init_device_mesh
-
-    if dist.is_initialized():
-        pytest.skip("a process group is already initialised in this process")
-    store = dist.FileStore(str(tmp_path_factory.mktemp("pg") / "store"), 1)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    try:
-        yield init_device_mesh("cpu", (1,), mesh_dim_names=("tp",))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_rope_mixed_frequencies_follow_the_heads(mesh):
