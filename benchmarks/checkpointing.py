@@ -18,12 +18,7 @@ from typing import Any
 import common
 
 MODES = ("none", "selective", "full")
-def mid(model: str) -> list[str]:
-    """The mid size: overrides start with the example's model name (`gpt.depth`, `vit.depth`)."""
-    return ["dim=256", f"{model}.depth=4", f"{model}.heads=4"]
-
-
-CONFIGS = [("llm_bytes", "mid", mid("gpt")), ("vit_digits", "mid", mid("vit"))]
+CONFIGS = [("llm_bytes", "mid", common.mid("gpt")), ("vit_digits", "mid", common.mid("vit"))]
 MiB = 2**20
 
 

@@ -140,6 +140,12 @@ def ratios(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
 # -- examples ------------------------------------------------------------------------------------
 
 
+def mid(model: str) -> list[str]:
+    """The mid size of an example (dim 256, depth 4, 4 heads): overrides start with the example's model
+    name (`gpt.depth`, `vit.depth`)."""
+    return ["dim=256", f"{model}.depth=4", f"{model}.heads=4"]
+
+
 def example_path(name: str) -> str:
     return str(ROOT / "examples" / f"{name}.l3m")
 
@@ -153,9 +159,9 @@ def load(name: str, overrides: Sequence[str] = ()):
 
 def session(compiled, *, command: str = "train"):
     """A one-process `Session` (model, criterion, optimizer, loaders) as `l3m train` builds it."""
-    from l3m.train.session import Runtime, build_session
+    from l3m.train.session import Runtime, build_session, pick_device
 
-    return build_session(compiled, Runtime(), command=command)
+    return build_session(compiled, Runtime(device=pick_device(0)), command=command)  # a GPU where there is one
 
 
 def trainer(s):
@@ -179,6 +185,20 @@ def block(model, path: str):
         m = model.get_submodule(f"{next(iter(model._modules))}.{path}")
     inner = getattr(m, "block", None)  # older MetaModels wrap each block in a ReadWriteBlock
     return inner if isinstance(inner, nn.Module) else m
+
+
+def logits_of(model, batch, key: str = "logits"):
+    """`model(batch)[key]` in evaluation mode: in training, an LM head fused with its loss
+    (`l3m.model.fusion`) hands the loss its sums and writes no logits."""
+    import torch
+
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(batch)[key]
+    finally:
+        model.train(was)
 
 
 def batches(s, n: int) -> list[dict[str, Any]]:

@@ -20,10 +20,16 @@ import common
 DTYPES = ("fp32", "bf16")
 
 
-def measure(example: str, args, peaks: dict[str, list[float]]) -> dict[str, Any]:
+# name -> (example, overrides): the examples at their own sizes, and the LLM at the mid size
+# (dim 256, depth 4), where matmuls are large enough for MFU to mean something on a CPU
+CASES = {**{ex: (ex, []) for ex in common.EXAMPLES}, "llm_bytes@mid": ("llm_bytes", common.mid("gpt"))}
+
+
+def measure(name: str, args, peaks: dict[str, list[float]]) -> dict[str, Any]:
     from l3m.train import perf
 
-    compiled = {dt: common.load(example, [f"train.dtype={dt}"]) for dt in DTYPES}
+    example, overrides = CASES[name]
+    compiled = {dt: common.load(example, [*overrides, f"train.dtype={dt}"]) for dt in DTYPES}
     flops = common.flops_per_sample(compiled["fp32"])
     sessions = {dt: common.session(c) for dt, c in compiled.items()}
     trainers = {dt: common.trainer(s) for dt, s in sessions.items()}
@@ -37,7 +43,7 @@ def measure(example: str, args, peaks: dict[str, list[float]]) -> dict[str, Any]
         s.close()
     for dt in DTYPES:
         peaks[dt].append(common.matmul_peak(dt))
-    row: dict[str, Any] = {"example": example, "samples_per_step": samples, "tokens_per_step": tokens,
+    row: dict[str, Any] = {"example": name, "samples_per_step": samples, "tokens_per_step": tokens,
                            "flops_per_sample": flops}
     for dt in DTYPES:
         wall = common.summary(times["wall"][dt])
@@ -45,7 +51,7 @@ def measure(example: str, args, peaks: dict[str, list[float]]) -> dict[str, Any]
         row[dt] = {"step_s": wall, "cpu_step_s": common.summary(times["cpu"][dt]),
                    "samples_per_s": samples / sec, "tokens_per_s": tokens / sec if tokens else None,
                    "achieved_flops": flops * samples / sec if flops else None}
-    print(f"{example:>17}: fp32 {row['fp32']['samples_per_s']:8.0f} samples/s, "
+    print(f"{name:>17}: fp32 {row['fp32']['samples_per_s']:8.0f} samples/s, "
           f"bf16 {row['bf16']['samples_per_s']:8.0f} samples/s", flush=True)
     return row
 
@@ -54,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = common.parser(__doc__)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--steps", type=int, default=4, help="steps per round")
-    ap.add_argument("--examples", default=",".join(common.EXAMPLES))
+    ap.add_argument("--examples", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     args = ap.parse_args(argv)
     common.set_threads(args.threads)
     started = common.machine()

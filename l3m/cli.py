@@ -352,6 +352,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- parser
 
+# The checkpoint layouts `l3m import` / `export --to` convert (`l3m.interop.CONVERTERS`, named here so that
+# building the parser imports no torch).
+CHECKPOINT_KINDS = ("llama", "timm-vit", "open-clip", "torchtitan-llama")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="l3m", description="Compile, check, plan and train .l3m experiment files.")
@@ -427,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "timm: a VisionTransformer's model.safetensors + config.json (its model_args)")
     s.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "fp32", "bf16", "fp16"),
                    help="with --format hf / timm: cast floating tensors (default: as stored)")
-    s.add_argument("--to", choices=("llama", "timm-vit"), help="write under Hugging Face Llama / timm ViT names")
+    s.add_argument("--to", choices=CHECKPOINT_KINDS, help="write under Hugging Face Llama / timm ViT / open_clip CLIP / "
+                   "torchtitan Llama 3 names")
     s.add_argument("--file", metavar="FILE.l3m", help="the program the weights belong to (needed with --to; "
                    "--format hf / timm read a run's own record unless given)")
     s.add_argument("--ema", action="store_true", help="the weight averages of train.ema instead of the weights")
@@ -436,8 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", metavar="PATH=VALUE", help="overrides of the program")
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("import", help="rename a Hugging Face Llama or timm ViT checkpoint to a .l3m model's names")
-    s.add_argument("kind", choices=("llama", "timm-vit"))
+    s = sub.add_parser("import", help="rename a Hugging Face Llama, timm ViT, open_clip CLIP or torchtitan Llama 3 "
+                       "checkpoint to a .l3m model's names")
+    s.add_argument("kind", choices=CHECKPOINT_KINDS)
     s.add_argument("src", metavar="SRC", help="a safetensors file or a folder of shards")
     s.add_argument("file", metavar="FILE.l3m")
     s.add_argument("out", metavar="OUT.safetensors")

@@ -16,8 +16,9 @@ class TrainConfig:
     steps: int = 1000
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     # torch.compile: "blocks" each repeated layer (regional), "model" the whole forward, false/"none" nothing;
-    # true: the whole model in one process, each layer on a mesh (`compile_mode` below)
-    compile: bool | Literal["none", "blocks", "model"] = False
+    # true: the whole model in one process, each layer on a mesh; "auto": "blocks" on a GPU, nothing on the
+    # CPU (`compile_mode` below)
+    compile: bool | Literal["auto", "none", "blocks", "model"] = "auto"
     # Linear layers in float8 (torchao; a GPU of compute capability >= 8.9): true is "tensorwise" scaling
     # (l3m.dist.float8 says which layers)
     float8: bool | Literal["tensorwise", "rowwise"] = False
@@ -33,6 +34,9 @@ class TrainConfig:
     deterministic: bool = False
     tf32: bool = False  # float32 matmuls/convolutions may use TF32 tensor cores (faster, ~10-bit mantissa)
     activation_checkpointing: Literal["none", "full", "selective", "mlp"] = "none"  # l3m.dist.ac
+    # An LM head whose logits only the cross-entropy reads computes the loss in chunks of this many tokens
+    # in training, never forming [tokens, vocab] logits (l3m.model.fusion); -1: sized by the vocabulary, 0: off
+    lm_loss_chunk: int = -1
     reshard_after_forward: bool = True
     param_dtype: Literal["fp32", "bf16", "fp16", "auto"] = "auto"  # FSDP2 MixedPrecisionPolicy
     reduce_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -67,6 +71,13 @@ class MeshConfig:
     # Expert parallelism: MoE experts split over `ep` ranks taken from dp_shard x cp (not a world dimension
     # of its own: those ranks hold different tokens, which all-to-all dispatch sends to the experts' owners).
     ep: int = 1
+    # Pipeline parallelism (l3m.dist.pp): the model's blocks and layers split into `pp` stages (the outermost
+    # mesh dimension), balanced by cost; `pp_split` pins where stages start (block paths or `<block>.layers.K`).
+    pp: int = 1
+    pp_split: list[str] = field(default_factory=list)
+    # "gpipe", "1f1b", or "interleaved_1f1b" (pp_virtual stages per rank); train.grad_accum micro-batches
+    pp_schedule: Literal["gpipe", "1f1b", "interleaved_1f1b"] = "1f1b"
+    pp_virtual: int = 2  # stages per rank with interleaved_1f1b
 
 
 @dataclass
@@ -95,18 +106,24 @@ class DataConfig:
 CompileMode = Literal["none", "blocks", "model"]
 
 
-def compile_mode(setting: bool | str, world_size: int = 1) -> CompileMode:
+def compile_mode(setting: bool | str, world_size: int = 1, device_type: str = "cpu") -> CompileMode:
     """What `train.compile` compiles. "blocks": each repeated layer on its own (regional compile: one
     graph reused by every layer, compiled fast); "model": the whole model's forward as one graph;
     `false` / "none": nothing. `true` keeps its first meaning: the whole model in one process, each
-    layer on a mesh (where FSDP2's hooks sit between the layers)."""
+    layer on a mesh (where FSDP2's hooks sit between the layers).
+
+    "auto" (the default) is where compiling pays: on a GPU, regional compilation costs tens of seconds
+    once (seconds from a warm cache) and each step saves far more; on a CPU the first compile (15-30 s)
+    outlasts what a CPU-sized run saves (benchmarks/RESULTS.md, section 4), so nothing is compiled."""
+    if setting == "auto":
+        return "blocks" if device_type == "cuda" else "none"
     if setting is True:
         return "model" if world_size == 1 else "blocks"
     if setting in (False, "none"):
         return "none"
     if setting in ("blocks", "model"):
         return setting  # type: ignore[return-value]
-    raise ValueError(f"train.compile must be true, false, 'none', 'blocks' or 'model', not {setting!r}")
+    raise ValueError(f"train.compile must be true, false, 'auto', 'none', 'blocks' or 'model', not {setting!r}")
 
 
 SECTION_SCHEMAS: dict[str, type] = {"train": TrainConfig, "mesh": MeshConfig, "log": LogConfig, "data": DataConfig}
@@ -136,7 +153,10 @@ def resolve_mesh(mesh: MeshConfig, world_size: int) -> dict[str, int]:
         raise ValueError(f"mesh size {bad[0]} = {dims[bad[0]]} must be a positive integer or -1")
     if len(free) > 1:
         raise ValueError(f"only one mesh dimension may be -1, but {' and '.join(free)} are")
-    fixed = 1
+    pp = getattr(mesh, "pp", 1)
+    if not isinstance(pp, int) or pp < 1:
+        raise ValueError(f"mesh size pp = {pp} must be a positive integer")
+    fixed = pp
     for v in dims.values():
         if v != -1:
             fixed *= v
@@ -148,6 +168,8 @@ def resolve_mesh(mesh: MeshConfig, world_size: int) -> dict[str, int]:
         dims[free[0]] = world_size // fixed
     elif fixed != world_size:
         raise ValueError(f"the mesh dimensions multiply to {fixed}, but the world size is {world_size}")
+    if pp != 1:
+        dims["pp"] = pp
     ep = getattr(mesh, "ep", 1)
     if ep != 1:
         if not isinstance(ep, int) or ep < 1:

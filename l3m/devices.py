@@ -85,3 +85,33 @@ def this_cpu() -> Device:
     return Device(f"cpu ({os.cpu_count()} cores, this machine)", _ram(),
                   {"fp32": _matmul_flops("fp32"), "bf16": bf16, "fp16": bf16, "fp8": None},
                   note="FLOP/s measured with a 512x512 matmul")
+
+
+# Flags (Linux /proc/cpuinfo) of the CPU units that make a dtype's matmuls faster than fp32 ones.
+_MATRIX_UNITS = {"bf16": {"amx_bf16": "AMX", "avx512_bf16": "AVX512-BF16", "bf16": "Arm BF16"},
+                 "fp16": {"amx_fp16": "AMX-FP16", "avx512_fp16": "AVX512-FP16", "asimdhp": "Arm FP16"}}
+
+
+def _cpu_flags() -> set[str] | None:
+    """This CPU's feature flags, or None where they cannot be read (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def cpu_low_precision_note(dtype: str, flags: set[str] | None = None) -> str | None:
+    """Advice when training in `dtype` on a CPU without matrix units for it: there bf16/fp16 only add
+    casts to fp32 work, so they are slower than fp32 in every framework. None when the CPU has the
+    units, the dtype is fp32, or the flags are unknown."""
+    units = _MATRIX_UNITS.get(dtype)
+    flags = _cpu_flags() if flags is None else flags
+    if units is None or flags is None or flags & set(units):
+        return None
+    names = " or ".join(sorted(set(units.values())))
+    return (f"train.dtype = {dtype} on a CPU without {dtype} matrix units ({names}): {dtype} runs slower than "
+            f"fp32 here, in any framework; use train.dtype = fp32 on this machine")

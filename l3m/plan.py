@@ -34,12 +34,14 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from l3m.config import build_section, resolve_mesh
+from l3m.devices import cpu_low_precision_note
 from l3m.dsl.diagnostics import Diagnostic
 from l3m.dsl.ir import KeyDecl, Node, Program
 from l3m.model.blame import ProgramError, setting_span
 from l3m.model.build import build_model, entry_for, instantiate, module_path
 from l3m.model.core import MetaModel, bind_ports, params_by_block
 from l3m.model.criterion import build_criterion
+from l3m.model.fusion import plan_lm_loss_fusions
 from l3m.model.patterns import unused_no_decay
 from l3m.plan_cp import cp_attention_flops, format_cp_attention
 from l3m.registry import load_builtins, lookup
@@ -93,6 +95,7 @@ def plan(program: Program, world_size: int = 1, *, schedule: Sequence[str] | Non
     model = build_model(program, device="meta", schedule=schedule)
     criterion = build_criterion(program, device="meta", metrics=False) if program.of_role("loss") else None
     check_plan_mesh(program, model, mesh)
+    from l3m.plan_experts import expert_memory
     names = [n for n, _ in model.named_parameters()]
     names += [f"criterion.{n}" for n, _ in criterion.named_parameters()] if criterion is not None else []
     notes += unused_no_decay(program, names)
@@ -122,6 +125,14 @@ def plan(program: Program, world_size: int = 1, *, schedule: Sequence[str] | Non
     batch = batch_layout(program, mesh["dp_replicate"] * mesh["dp_shard"], notes)
     peak = peak_memory(program, sample if peak else None, mesh, batch, model, _all_params(model, criterion), states,
                        schedule, notes)
+    if device.name.startswith("cpu") if device is not None else not torch.cuda.is_available():
+        notes += [n for n in [cpu_low_precision_note(compute)] if n]  # training here, on this CPU
+    pipeline = None
+    if mesh.get("pp", 1) > 1:  # the stages the trainer will run (l3m.plan_pp)
+        from l3m.plan_pp import pipeline_plan
+
+        pipeline = pipeline_plan(build_section("mesh", program.section("mesh")), mesh, model, criterion, sample,
+                                 states, notes)
     fit = None
     if device is not None and peak is not None:
         fit = fit_device(program, sample, model, _all_params(model, criterion), states, schedule, peak, flops, device)
@@ -131,8 +142,10 @@ def plan(program: Program, world_size: int = 1, *, schedule: Sequence[str] | Non
         "params": params,
         "flops_per_sample": flops,
         "cp_attention": cp_attention_flops(model, sample, mesh),  # l3m.plan_cp: per-rank attention FLOPs
+        "fusions": [f.describe() for f in plan_lm_loss_fusions(program)],  # l3m.model.fusion: training only
         "activation_bytes_per_sample": activation,
         "memory_per_rank": mem,
+        "experts": expert_memory(model, mesh),  # l3m.plan_experts: MoE expert bytes per rank
         "mesh": mesh,
         "world_size": world_size,
         "batch": batch,
@@ -142,6 +155,7 @@ def plan(program: Program, world_size: int = 1, *, schedule: Sequence[str] | Non
         "notes": notes,
         "keys": key_shapes(shapes),
         "components": component_rows(program),
+        "pipeline": pipeline,
     }
 
 
@@ -521,6 +535,7 @@ def format_plan(p: Mapping[str, Any]) -> str:
             f"forward {_si(flops['forward'], 'FLOP')}, backward {_si(flops['backward'], 'FLOP')}"
         )
     lines += format_cp_attention(p, _si)  # l3m.plan_cp
+    lines += list(p.get("fusions") or [])
     act = p["activation_bytes_per_sample"]
     if act is not None:
         lines.append(
@@ -535,6 +550,12 @@ def format_plan(p: Mapping[str, Any]) -> str:
     from l3m.plan_memory import format_peak
 
     lines += format_peak(p, _bytes)
+    from l3m.plan_pp import format_pipeline
+
+    lines += format_pipeline(p, _si, _bytes)
+    from l3m.plan_experts import format_experts
+
+    lines += format_experts(p, _bytes)
     b = p.get("batch")
     if b:
         lines.append(f"{'global batch':<28}{b['global']:>16,}   samples per optimizer step, all ranks")

@@ -167,6 +167,9 @@ def simulate_step(program: Program, one_sample: Mapping[str, torch.Tensor], shap
     from l3m.plan import DTYPES
 
     model = build_model(program, device="meta", schedule=schedule)
+    from l3m.model.fusion import apply_lm_loss_fusions, plan_lm_loss_fusions
+
+    apply_lm_loss_fusions(model, plan_lm_loss_fusions(program))  # as a training session runs it
     apply_ac(model, shape.ac)
     try:
         criterion = build_criterion(program, device="meta")

@@ -34,12 +34,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed._functional_collectives import all_gather_single_autograd
 
 from l3m.dist.cp_layout import SequenceLayout
 from l3m.dist.cp_whole import run_whole
 from l3m.dist.mesh import ParallelDims
 from l3m.dist.units import blocks
+from l3m.model.losses import gather_rows
 from l3m.traits import context_parallel
 
 
@@ -55,7 +55,7 @@ class ContextParallel(SequenceLayout):
         """Every rank's tokens of `x`, concatenated along `dim` in rank order (the gathered order);
         differentiable (each rank's gradient is the sum of what every rank's use of its tokens contributed)."""
         moved = x.movedim(dim, 0).contiguous()
-        return all_gather_single_autograd(moved, 0, self.group).movedim(0, dim)
+        return gather_rows(moved, self.group).movedim(0, dim)
 
     def gather_whole(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
         """The whole sequence of `x` in its natural order, differentiable (see `gather`)."""

@@ -10,10 +10,12 @@ reverse all-to-all), so gradients reach the router, the inputs and the experts.
 
 Which parameters are split is each block's `expert_parallel` trait (`l3m.traits`): parameters stacked
 by expert along dim 0 become DTensors sharded `Shard(0)` over the `ep` mesh (so checkpoints record
-the whole tensor and reshard to any `ep`). FSDP leaves them alone (they are already split by expert):
-they are replicated over the `ep_dp` ranks, which average their gradients. An expert's gradient on its
-owner sums the contributions of all `ep` ranks' tokens; scaled by `1 / ep` in the backward and
-averaged over `ep_dp` (`_ExpertGrad`), it is the average over all token-holding ranks that data
+the whole tensor and reshard to any `ep`); experts already split over `tp` (`l3m.dist.ep_tp`) become
+`[Shard(0), Shard(hidden)]` on the 2-D `(ep, tp)` mesh. The `ep_dp` ranks hold the same experts: in
+training `l3m.dist.ep_fsdp` shards them over `ep_dp` with FSDP (which averages their gradients); without
+it (`reduce_replicas`) they stay whole there and `_ExpertGrad` averages their gradients. An expert's
+gradient on its owner sums the contributions of all `ep` ranks' tokens; scaled by `1 / ep` in the
+backward and averaged over `ep_dp`, it is the average over all token-holding ranks that data
 parallelism gives.
 """
 
@@ -90,10 +92,13 @@ class ExpertParallel:
 
     def dispatch(self, x: torch.Tensor, expert: torch.Tensor, token: torch.Tensor, weight: torch.Tensor,
                  num_experts: int, compute: Callable[[torch.Tensor, list[int]], torch.Tensor]) -> torch.Tensor:
-        """The MoE output for this rank's tokens `x [T, dim]`, from the kept assignments `(expert, token,
-        weight)` (global expert ids, experts numbered rank by rank), computed by the experts' owners:
-        `compute(rows, counts)` runs this rank's experts on rows grouped by local expert."""
+        """The MoE output for this rank's tokens `x [..., dim]` (`T` of them), from the kept assignments
+        `(expert, token, weight)` (global expert ids, experts numbered rank by rank, token indices into the
+        flattened `x`), computed by the experts' owners: `compute(rows, counts)` runs this rank's experts on
+        rows grouped by local expert. The output has the shape of `x` and is not a view (an FSDP-wrapped
+        block must not return one)."""
         per_rank = num_experts // self.size
+        flat = x.reshape(-1, x.shape[-1])
         order = torch.argsort(expert, stable=True)
         tok = token[order]
         counts = torch.bincount(expert, minlength=num_experts)
@@ -103,14 +108,16 @@ class ExpertParallel:
         send_splits = counts.view(self.size, per_rank).sum(1).tolist()
         recv_by_source = recv.view(self.size, per_rank)
         recv_splits = recv_by_source.sum(1).tolist()
-        got = all_to_all(x[tok], recv_splits, send_splits, self.group)  # by source rank, then local expert
+        got = all_to_all(flat[tok], recv_splits, send_splits, self.group)  # by source rank, then local expert
         local_expert = torch.repeat_interleave(torch.arange(per_rank, device=x.device).repeat(self.size),
                                                recv_by_source.reshape(-1))
         by_expert = torch.argsort(local_expert, stable=True)
         y = compute(got[by_expert], recv_by_source.sum(0).tolist())
         y = y[torch.argsort(by_expert)]  # back to the order the rows came in
         back = all_to_all(y, send_splits, recv_splits, self.group)
-        return torch.zeros_like(x).index_add(0, tok, back * weight[order, None].to(x.dtype))
+        out = x.new_zeros(x.shape)
+        out.view(-1, x.shape[-1]).index_add_(0, tok, back * weight[order, None].to(x.dtype))
+        return out
 
 
 def check_ep(model: nn.Module, ep: int) -> None:
@@ -126,12 +133,14 @@ def check_ep(model: nn.Module, ep: int) -> None:
                                  f"'{name}' ({type(m).__name__}): ep must divide its number of experts")
 
 
-def apply_ep(model: nn.Module, dims: ParallelDims) -> set[nn.Parameter]:
+def apply_ep(model: nn.Module, dims: ParallelDims, reduce_replicas: bool = True) -> set[nn.Parameter]:
     """Split every expert-parallel block's expert parameters over the `ep` mesh (in place, on the meta
-    device or not) and set its `ep`; the split parameters (FSDP must leave them alone)."""
+    device or not) and set its `ep`; the split parameters (the data-parallel FSDP must leave them alone).
+    `reduce_replicas`: average the experts' gradients over `ep_dp` here (False when FSDP shards them there)."""
     check_ep(model, dims.ep)
     mesh = dims.submesh("ep")
-    state = ExpertParallel(mesh.get_group(), dims.coordinate("ep"), dims.ep, dims.group("ep_dp"))
+    replicas = dims.group("ep_dp") if reduce_replicas else None
+    state = ExpertParallel(mesh.get_group(), dims.coordinate("ep"), dims.ep, replicas)
     split: set[nn.Parameter] = set()
     for m in model.modules():
         names = expert_parallel(m)
@@ -140,8 +149,14 @@ def apply_ep(model: nn.Module, dims: ParallelDims) -> set[nn.Parameter]:
         for pname in names:
             p = m._parameters[pname]
             rows = p.shape[0] // dims.ep
-            local = p.detach()[state.rank * rows : (state.rank + 1) * rows].clone()
-            d = nn.Parameter(DTensor.from_local(local, mesh, [Shard(0)], run_check=False,
+            mine = slice(state.rank * rows, (state.rank + 1) * rows)
+            if isinstance(p, DTensor):  # split over tp already (l3m.dist.ep_tp): by expert over ep as well
+                local = p.to_local().detach()[mine].clone()
+                over, placements = dims.submesh("ep_tp"), [Shard(0), *p.placements]
+            else:
+                local = p.detach()[mine].clone()
+                over, placements = mesh, [Shard(0)]
+            d = nn.Parameter(DTensor.from_local(local, over, placements, run_check=False,
                                                 shape=p.shape, stride=p.stride()),
                              requires_grad=p.requires_grad)
             m._parameters[pname] = d

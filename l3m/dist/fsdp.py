@@ -10,6 +10,8 @@ blocks that share a tied weight, which must live in one unit). Parameters are sh
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 from torch.distributed._composable.replicate_with_fsdp import replicate
 from torch.distributed.device_mesh import DeviceMesh
@@ -48,13 +50,13 @@ def _own_params(module: nn.Module, inner: list[nn.Module]) -> bool:
     return any(id(p) not in taken for p in module.parameters())
 
 
-def apply_fsdp(model: nn.Module, dims: ParallelDims, train: TrainConfig,
-               ignored: set[nn.Parameter] | None = None) -> str:
-    """Wrap `model` in place for data parallelism; the kind applied (see `data_parallel_mesh`).
-    `ignored` parameters are left alone (expert-parallel experts, already split by expert)."""
+def wrapper(dims: ParallelDims, train: TrainConfig, ignored: set[nn.Parameter] | None = None
+            ) -> tuple[Callable[..., None] | None, str]:
+    """`(wrap, kind)`: `wrap(module, root=False)` shards (or replicates) one unit over the data-parallel
+    ranks as `train` says (None when there is nothing to do); `kind` as `data_parallel_mesh` says."""
     mesh, kind = data_parallel_mesh(dims)
     if mesh is None:
-        return kind
+        return None, kind
     policy = mp_policy(train)
 
     def wrap(module: nn.Module, root: bool = False) -> None:
@@ -65,6 +67,16 @@ def apply_fsdp(model: nn.Module, dims: ParallelDims, train: TrainConfig,
             fully_shard(module, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard,
                         ignored_params=ignored or None)
 
+    return wrap, kind
+
+
+def apply_fsdp(model: nn.Module, dims: ParallelDims, train: TrainConfig,
+               ignored: set[nn.Parameter] | None = None) -> str:
+    """Wrap `model` in place for data parallelism; the kind applied (see `data_parallel_mesh`).
+    `ignored` parameters are left alone (expert-parallel experts, already split by expert)."""
+    wrap, kind = wrapper(dims, train, ignored)
+    if wrap is None:
+        return kind
     shared = shared_parameter_owners(model)
     # Layers of blocks that share parameters (`share`, `tie`) stay in the root with their blocks; a
     # layer repeated at several slots (`share_layers`) is one unit, wrapped once.

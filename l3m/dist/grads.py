@@ -38,8 +38,9 @@ def _world() -> int:
 
 
 @torch.no_grad()
-def total_norm(grads: Iterable[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
-    """The norm of all gradients together, a plain float32 tensor with the same value on every rank."""
+def total_norm(grads: Iterable[torch.Tensor], norm_type: float = 2.0, pp: int = 1) -> torch.Tensor:
+    """The norm of all gradients together, a plain float32 tensor with the same value on every rank.
+    `pp`: pipeline stages, each holding its own parameters (one world/pp-th of the ranks holds a piece)."""
     grads = list(grads)
     if not grads:
         return torch.zeros(())
@@ -56,17 +57,18 @@ def total_norm(grads: Iterable[torch.Tensor], norm_type: float = 2.0) -> torch.T
     acc = torch.zeros((), dtype=torch.float64, device=device)
     for g in grads:
         piece = local(g).detach().float().abs().pow(norm_type).sum().double()
-        acc += piece * (shard_factor(g) / world)
+        acc += piece * (shard_factor(g) * pp / world)
     if world > 1:
         dist.all_reduce(acc)
     return acc.pow(1.0 / norm_type).float()
 
 
 @torch.no_grad()
-def clip_grad_norm_(params: Iterable[torch.Tensor], max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+def clip_grad_norm_(params: Iterable[torch.Tensor], max_norm: float, norm_type: float = 2.0,
+                    pp: int = 1) -> torch.Tensor:
     """Scale the gradients so that their total norm is at most `max_norm`; the norm before."""
     grads = [p.grad for p in params if p.grad is not None]
-    norm = total_norm(grads, norm_type)
+    norm = total_norm(grads, norm_type, pp)
     coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
     by_device: dict[torch.device, list[torch.Tensor]] = {}
     for g in grads:

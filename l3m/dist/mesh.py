@@ -16,8 +16,9 @@ of `dp_shard_cp` (as torchtitan does), ranks that hold different tokens, so the 
 token to the rank that owns its expert and no rank computes a token twice. Two more sub-meshes:
 
 - `ep`: the ranks that split the experts between them (size ep);
-- `ep_dp` (dp_replicate x dp_shard_cp / ep): the ranks that hold the same experts, over which the
-  experts' gradients are averaged (experts are not FSDP-sharded: they are already split by expert).
+- `ep_dp` (dp_replicate x dp_shard_cp / ep): the ranks that hold the same experts, over which FSDP
+  shards them (`l3m.dist.ep_fsdp`) and averages their gradients;
+- `ep_tp` (with `tp > 1`): the 2-D `(ep, tp)` mesh of experts split by expert and by hidden unit.
 
 Every coordinate is plain arithmetic on the rank, so the data loader can be sharded before any
 process group exists.
@@ -96,12 +97,13 @@ class ParallelDims:
     cp: int
     tp: int
     ep: int = 1
+    pp: int = 1  # pipeline stages: the outermost dimension (l3m.dist.pp)
     rank: int = 0
     meshes: dict[str, DeviceMesh] = field(default_factory=dict, repr=False)
 
     @property
     def world_size(self) -> int:
-        return self.dp_replicate * self.dp_shard * self.cp * self.tp
+        return self.pp * self.dp_replicate * self.dp_shard * self.cp * self.tp
 
     def size(self, name: str) -> int:
         """The size of a mesh dimension or of a flattened sub-mesh."""
@@ -125,6 +127,7 @@ class ParallelDims:
         for d in reversed(MESH_DIMS):
             coords[d] = rest % getattr(self, d)
             rest //= getattr(self, d)
+        coords["pp"] = rest  # the outermost dimension: what is left
         out = 0
         for d in FLAT_DIMS.get(name, (name,)):
             out = out * getattr(self, d) + coords[d]
@@ -166,6 +169,8 @@ def _meshes(device_type: str, sizes: dict[str, int]) -> dict[str, DeviceMesh]:
     as FSDP2 requires of the data-parallel and tensor-parallel meshes it composes)."""
     r, s, c, t = (sizes[d] for d in MESH_DIMS)
     ep = sizes.get("ep", 1)
+    if sizes.get("pp", 1) > 1:
+        return _pipeline_meshes(device_type, sizes)
     world = init_device_mesh(device_type, (r * s * c * t,), mesh_dim_names=("world",))
     full = world._unflatten(0, (r, s, c, t), MESH_DIMS)
     dense = world._unflatten(0, (r, s * c, t), ("dp_replicate", "dp_shard_cp", "tp"))
@@ -178,6 +183,26 @@ def _meshes(device_type: str, sizes: dict[str, int]) -> dict[str, DeviceMesh]:
     if ep > 1:
         experts = world._unflatten(0, (r * s * c // ep, ep, t), ("ep_dp", "ep", "tp"))
         out["ep"], out["ep_dp"] = experts["ep"], experts["ep_dp"]
+        if t > 1:  # experts split by expert and by hidden unit (l3m.dist.ep_tp)
+            out["ep_tp"] = experts["ep", "tp"]
+    return out
+
+
+def _pipeline_meshes(device_type: str, sizes: dict[str, int]) -> dict[str, DeviceMesh]:
+    """The meshes of `_meshes` under a leading `pp` dimension: each pipeline stage's ranks have the
+    data-parallel meshes among themselves (a sub-mesh picks this rank's stage), and `pp` joins the
+    ranks at the same place of every stage."""
+    p = sizes["pp"]
+    r, s, c, t = (sizes[d] for d in MESH_DIMS)
+    world = init_device_mesh(device_type, (p * r * s * c * t,), mesh_dim_names=("world",))
+    full = world._unflatten(0, (p, r, s, c, t), ("pp", *MESH_DIMS))
+    dense = world._unflatten(0, (p, r, s * c, t), ("pp", "dp_replicate", "dp_shard_cp", "tp"))
+    out = {d: full[d] for d in ("pp", *MESH_DIMS)}
+    out["tp"] = dense["tp"]
+    out["dp_shard_cp"] = dense["dp_shard_cp"]
+    out["hsdp"] = dense["dp_replicate", "dp_shard_cp"]
+    out["dp"] = world._unflatten(0, (p, r * s, c * t), ("pp", "dp", "cp_tp"))["dp"]
+    out["dp_cp"] = world._unflatten(0, (p, r * s * c, t), ("pp", "dp_cp", "tp"))["dp_cp"]
     return out
 
 

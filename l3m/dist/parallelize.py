@@ -2,10 +2,10 @@
 
 Order, as torchtitan: float8 Linear layers (`train.float8`, l3m.dist.float8) -> tensor-parallel plans ->
 context parallelism -> expert parallelism -> activation checkpointing -> `torch.compile` of each repeated
-layer (`train.compile = "blocks"`) -> FSDP2 (each layer, each block, the root) -> `torch.compile` of the
-whole model (`train.compile = "model"`). The model is still on the meta device; the trainer then
-allocates it (`to_empty`) and initialises it, each sharded module on full-size temporaries so that every
-mesh starts from the same weights.
+layer (`train.compile = "blocks"`) -> FSDP2 (MoE experts over `ep_dp`, l3m.dist.ep_fsdp; then each layer,
+each block, the root) -> `torch.compile` of the whole model (`train.compile = "model"`). The model is
+still on the meta device; the trainer then allocates it (`to_empty`) and initialises it, each sharded
+module on full-size temporaries so that every mesh starts from the same weights.
 
 `parallelize_criterion` does the matching work on the losses, from their traits: CLIP gathers over
 data-parallel ranks, the LM loss normalises by the tokens of all ranks, and learnable loss
@@ -24,8 +24,9 @@ from l3m.config import MeshConfig, TrainConfig, compile_mode
 from l3m.dist.ac import apply_ac
 from l3m.dist.cp import apply_cp
 from l3m.dist.ep import apply_ep
+from l3m.dist.ep_fsdp import shard_experts
 from l3m.dist.float8 import apply_float8, float8_recipe, float8_refusal, float8_tp_refusal
-from l3m.dist.fsdp import apply_fsdp
+from l3m.dist.fsdp import apply_fsdp, mp_policy
 from l3m.dist.init import init_on_full_tensors
 from l3m.dist.mesh import ParallelDims, build_mesh
 from l3m.dist.tp import apply_tp
@@ -64,7 +65,11 @@ def parallelize(model: nn.Module, mesh: MeshConfig, train: TrainConfig,
         if why:
             raise ValueError(why)
     dims = build_mesh(mesh)
-    mode = compile_mode(train.compile, dims.world_size)
+    mode = compile_mode(train.compile, dims.world_size, (device or run_device()).type)
+    if dims.pp > 1:  # pipeline stages (l3m.dist.pp), each sharded over its data-parallel ranks
+        from l3m.dist.pp_parallelize import parallelize_pipeline
+
+        return parallelize_pipeline(model, mesh, train, dims, mode)
     if recipe is not None and dims.tp > 1:
         raise ValueError(float8_tp_refusal(dims.tp))
     if recipe is not None:  # before TP and FSDP, which shard the float8 layers' weights
@@ -73,10 +78,14 @@ def parallelize(model: nn.Module, mesh: MeshConfig, train: TrainConfig,
         apply_tp(model, dims.submesh("tp"))
     if dims.cp > 1:
         apply_cp(model, dims)
-    experts = apply_ep(model, dims) if dims.ep > 1 else set()
+    shard_ep_dp = dims.ep > 1 and dims.size("ep_dp") > 1  # experts FSDP-sharded over ep_dp (l3m.dist.ep_fsdp)
+    experts = apply_ep(model, dims, reduce_replicas=not shard_ep_dp) if dims.ep > 1 else set()
     apply_ac(model, train.activation_checkpointing)
     if mode == "blocks":
         apply_compile(model)
+    if shard_ep_dp:
+        shard_experts(model, dims, mp_policy(train), train.reshard_after_forward)
+        experts = set()
     apply_fsdp(model, dims, train, ignored=experts)
     init_on_full_tensors(model)
     if mode == "model":  # lazy: traced at the first step, after the trainer allocated the weights

@@ -11,6 +11,7 @@ from l3m.dsl.diagnostics import Diagnostic
 from l3m.dsl.ir import Program
 from l3m.dsl.namecheck import check_names
 from l3m.dsl.paramcheck import check_params
+from l3m.dsl.ppcheck import check_pp
 from l3m.dsl.refcheck import check_references
 from l3m.dsl.schedule import Dataflow, dataflow
 from l3m.dsl.shapes import ShapeTable, check_shapes
@@ -28,6 +29,7 @@ def check_all(program: Program, world_size: int | None = None) -> tuple[Dataflow
     flow = dataflow(program)
     diags = list(flow.diagnostics)
     diags += _check_mesh(program, world_size)
+    diags += check_pp(program, flow.model_order())
     diags += _check_global_batch(program, world_size)
     diags += _check_float8(program)
     diags += check_tokenizers(program)
@@ -66,7 +68,7 @@ def _check_float8(program: Program) -> list[Diagnostic]:
     if importlib.util.find_spec("torchao") is None:
         diags.append(Diagnostic("W605", "train.float8 needs the torchao package, which is not installed here",
                                 span, "pip install 'l3m[float8]'"))
-    if section.values.get("compile", False) in (False, "none"):
+    if section.values.get("compile", "auto") in (False, "none"):
         diags.append(Diagnostic("W606", "train.float8 without train.compile is usually slower than bf16", span,
                                 'set train.compile = "blocks" (or "model")'))
     return diags
@@ -89,7 +91,7 @@ def _check_mesh(program: Program, world_size: int | None) -> list[Diagnostic]:
 def _smallest_fit(mesh: MeshConfig) -> int:
     """Without a world size, check only what is wrong for any world size (sizes, several -1s)."""
     fixed = 1
-    for v in (mesh.dp_replicate, mesh.dp_shard, mesh.tp, mesh.cp):
+    for v in (mesh.dp_replicate, mesh.dp_shard, mesh.tp, mesh.cp, mesh.pp):
         fixed *= v if v > 0 else 1
     if -1 in (mesh.dp_shard, mesh.cp) and mesh.ep > 0:  # the free dimension can make room for the ep ranks
         fixed *= mesh.ep

@@ -218,6 +218,11 @@ CODES: dict[str, tuple[str, str]] = {
     "E605": ("float8-tp", "`train.float8` is set with tensor parallelism (`mesh.tp > 1`). Float8 layers split over\n"
              "tensor-parallel ranks need torchao's float8 parallel styles, which l3m's plans do not use yet.\n"
              "Use `mesh.tp = 1` (FSDP shards the float8 layers' weights) or `train.float8 = false`."),
+    "E606": ("pp-split", "`mesh.pp_split` names where a pipeline stage starts: a block path\n"
+             "(`clip.text.trunk.blocks`) or a layer of a Transformer block (`gpt.trunk.blocks.layers.12`). The\n"
+             "message says which entry is neither (with the closest name), when there are more entries than\n"
+             "cuts (`pp` stages have pp - 1; interleaved_1f1b: pp × pp_virtual stages), or when one names the\n"
+             "model's first block. `l3m plan` with `mesh { pp = N }` prints the stages and the keys at each cut."),
     "W605": ("float8-unavailable", "`train.float8` is set but the `torchao` package, which swaps the Linear layers for\n"
              "float8 ones, is not installed where lint ran: `pip install 'l3m[float8]'`. Only a warning, as the\n"
              "training machine may differ; `train` refuses to start without it, and also on the CPU or on a GPU\n"

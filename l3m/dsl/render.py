@@ -84,6 +84,7 @@ class _Facts:
     params: dict[str, int | None] = field(default_factory=dict)  # block path -> its own count (None: unknown)
     tied: dict[str, str] = field(default_factory=dict)  # block path -> the block whose weight it shares
     models: dict[str, int | None] = field(default_factory=dict)  # model path -> total (None: some unknown)
+    pipeline: Any = None  # with `mesh { pp = N }`: the static split (l3m.dsl.render_pp.GraphSplit)
 
 
 def _facts(program: Program) -> _Facts:
@@ -123,7 +124,22 @@ def _lines(n: Node, facts: _Facts) -> list[str]:
         lines.append(f"{humanize(count)} params")
     elif tied:
         lines.append(f"the weight of {tied}")
+    stage = facts.pipeline.label(n.path) if facts.pipeline is not None else None
+    if stage:
+        lines.append(stage)
     return lines
+
+
+def _pipelined(program: Program, flow: Dataflow) -> _Facts:
+    """The facts, with the pipeline split when the mesh declares `pp > 1` (l3m.dsl.render_pp)."""
+    from l3m.dsl.render_pp import graph_split
+
+    facts = _facts(program)
+    facts.pipeline = graph_split(program, flow.model_order(), facts.params)
+    return facts
+
+
+_STAGE_COLORS = ("#e8f5e9", "#fff3e0", "#e1f5fe", "#fce4ec", "#f3e5f5", "#fffde7", "#e0f2f1", "#efebe9")
 
 
 def _model_label(path: str, facts: _Facts) -> str:
@@ -271,8 +287,17 @@ def _edge_text(e: _Edge, sep: str) -> str:
 
 
 def to_dot(program: Program, flow: Dataflow, shapes: Any = None) -> str:
-    facts = _facts(program)
-    node = _drawer(program, facts, lambda ident, lines: f'{ident} [label="{_esc(chr(10).join(lines))}"];')
+    facts = _pipelined(program, flow)
+    pipe = facts.pipeline
+
+    def fill(ident: str) -> str:  # each pipeline stage its own colour (a block cut between layers: its first)
+        if pipe is None:
+            return ""
+        stages = next((v for k, v in pipe.stages_of.items() if _ident(k) == ident), None)
+        return f', fillcolor="{_STAGE_COLORS[stages[0] % len(_STAGE_COLORS)]}"' if stages else ""
+
+    node = _drawer(program, facts,
+                   lambda ident, lines: f'{ident} [label="{_esc(chr(10).join(lines))}"{fill(ident)}];')
 
     lines = ["digraph l3m {", '  rankdir=TB; compound=true; fontname="Helvetica";',
              '  node [shape=box, style="rounded,filled", fillcolor="#f5f5f5", fontname="Helvetica"];',
@@ -281,7 +306,12 @@ def to_dot(program: Program, flow: Dataflow, shapes: Any = None) -> str:
                    lambda c: f'subgraph cluster_{c.ident} {{ label="{_esc(c.label)}"; {_DOT_STYLE[c.style]}',
                    node, lambda c: "}")
     for e in _edges(program, flow, short=True, shapes=shapes):
-        lines.append(f'  {_ident_of(e.writer)} -> {_ident_of(e.reader)} [label="{_esc(_edge_text(e, chr(10)))}"];')
+        last = pipe.split.stages - 1 if pipe is not None else 0  # the losses run on the last stage
+        cut = pipe is not None and e.writer in pipe.stages_of and \
+            pipe.stages_of[e.writer][-1] < pipe.stages_of.get(e.reader, [last])[0]
+        style = ', color="#c62828", penwidth=2, fontcolor="#c62828"' if cut else ""
+        text = _edge_text(e, chr(10)) + ("\n(pipeline cut)" if cut else "")
+        lines.append(f'  {_ident_of(e.writer)} -> {_ident_of(e.reader)} [label="{_esc(text)}"{style}];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -307,7 +337,7 @@ def _mm(s: str) -> str:
 
 
 def to_text(program: Program, flow: Dataflow, shapes: Any = None) -> str:
-    facts = _facts(program)
+    facts = _pipelined(program, flow)
     shape_of = _shape_fn(shapes)
 
     def out_key(n: Node, b) -> str:
@@ -326,6 +356,10 @@ def to_text(program: Program, flow: Dataflow, shapes: Any = None) -> str:
 
     out = _emit(_clusters(program, facts), lambda c: c.label, row, lambda c: None, indent="")
     out += ["", "order: " + " -> ".join(flow.order)]
+    if facts.pipeline is not None:
+        from l3m.dsl.render_pp import pipeline_lines
+
+        out += ["", *pipeline_lines(facts.pipeline)]
     return "\n".join(out) + "\n"
 
 

@@ -1,4 +1,5 @@
-"""Weights from other libraries: Hugging Face Llama and timm ViT checkpoints in and out of l3m models.
+"""Weights from other libraries: Hugging Face Llama, timm ViT, open_clip CLIP and torchtitan Llama 3
+checkpoints in and out of l3m models.
 
     l3m import llama    model.safetensors   models/llama.l3m  llama_l3m.safetensors
     l3m import timm-vit vit.safetensors     my_vit.l3m        vit_l3m.safetensors
@@ -24,7 +25,9 @@ from torch import nn
 
 from l3m.interop.llama import check_llama_config, l3m_to_llama, llama_to_l3m, read_config
 from l3m.interop.mapping import read_foreign, save_safetensors
+from l3m.interop.openclip import l3m_to_open_clip, open_clip_to_l3m
 from l3m.interop.timm_vit import l3m_to_vit, vit_to_l3m
+from l3m.interop.torchtitan_llama import l3m_to_titan, titan_to_l3m
 from l3m.train.export import LoadReport, load_pretrained, read_weights
 
 Convert = Callable[[Mapping[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
@@ -33,6 +36,8 @@ Convert = Callable[[Mapping[str, torch.Tensor], nn.Module], dict[str, torch.Tens
 CONVERTERS: dict[str, tuple[Convert, Convert]] = {
     "llama": (llama_to_l3m, l3m_to_llama),
     "timm-vit": (vit_to_l3m, l3m_to_vit),
+    "open-clip": (open_clip_to_l3m, l3m_to_open_clip),
+    "torchtitan-llama": (titan_to_l3m, l3m_to_titan),
 }
 
 

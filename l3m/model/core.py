@@ -236,6 +236,7 @@ class MetaModel(nn.Module):
         self._bindings: dict[str, Binding] = {}  # block path -> its keys, in declaration order
         self._schedule: list[str] = []
         self._ties: list[tuple[str, str]] = []  # (tied parameter name, parameter it shares)
+        self._side: dict[str, dict[str, str]] = {}  # block path -> {port: key} read beside its binding
         for path, rw in blocks:
             self._add(path, rw)
         paths = list(self._bindings)
@@ -293,6 +294,8 @@ class MetaModel(nn.Module):
                 if not (_IDENT.match(port) and not keyword.iskeyword(port)):
                     raise ValueError(f"{path}: port name {port!r} is not an identifier")
                 call_args.append(f"{port}={read(key)}")
+            for port, key in getattr(self, "_side", {}).get(path, {}).items():
+                call_args.append(f"{port}={latest.get(key) or f'd.get({key!r})'}")  # port: checked in add_side_input
             targets = []
             for k in rw.writes:
                 name = _local(k, step) if k is not None else "_"
@@ -330,6 +333,16 @@ class MetaModel(nn.Module):
         for path in self._schedule:
             d = ReadWriteBlock.of(self.get_submodule(path), self._bindings[path])(d)
         return dict(d)
+
+    def add_side_input(self, path: str, port: str, key: str) -> None:
+        """Also pass `key` to block `path` as keyword `port`, outside its binding: a whole-program
+        fusion's extra input (l3m.model.fusion), which `input_keys` and `block_items` leave out."""
+        if path not in self._bindings:
+            raise ValueError(f"no block at {path!r}")
+        if not (_IDENT.match(port) and not keyword.iskeyword(port)):
+            raise ValueError(f"{path}: port name {port!r} is not an identifier")
+        self._side.setdefault(path, {})[port] = key
+        self._compile_forward()
 
     @property
     def code(self) -> str:

@@ -9,7 +9,7 @@ tree and calls each one, so sharded and unsharded models are initialised by the 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -89,12 +89,21 @@ def init_model(model: nn.Module) -> nn.Module:
     """
     with torch.no_grad():
         for module in model.modules():
-            fn = getattr(module, "init_weights", None)
-            if callable(fn):
+            fn = _own_method(module, "init_weights") or _own_method(module, "reset_parameters")
+            if fn is not None:
                 fn()
-            elif callable(getattr(module, "reset_parameters", None)):
-                module.reset_parameters()
     return model
+
+
+def _own_method(module: nn.Module, name: str) -> Any:
+    """`module.name` when the module itself has it (its class, or this instance as `l3m.dist.init` sets
+    it), not when a wrapper forwards the lookup to the module it wraps (activation checkpointing's,
+    torch.compile's): that module is visited on its own, and initialising it twice would draw its
+    weights twice and shift every later draw."""
+    fn = module.__dict__.get(name)
+    if fn is None and callable(getattr(type(module), name, None)):
+        fn = getattr(module, name)
+    return fn if callable(fn) else None
 
 
 def check_initialised(model: nn.Module) -> nn.Module:

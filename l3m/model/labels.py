@@ -4,7 +4,8 @@ Out of range, `F.cross_entropy` raises a bare `IndexError` on the CPU and a devi
 GPU (which also wrecks the CUDA context, so nothing after it can be reported). The check reads the
 smallest and largest label: on the CPU every call (a few elementwise ops beside the loss), on an
 accelerator the first `GPU_CHECKS` calls in each mode (training, evaluation) only, since reading the
-result back waits for the device.
+result back waits for the device. Inside a `torch.compile`d region it is skipped (reading a value back
+would break the graph into pieces); eager calls, evaluation and the first uncompiled steps still check.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def check_labels(module: nn.Module, target: torch.Tensor, classes: int, *, port:
                  logits_port: str = "logits", ignore_index: int | None = None) -> None:
     """Raise `LabelRangeError` when an index target lies outside `[0, classes)` (see the module doc)."""
     if target.is_floating_point() or target.numel() == 0:
+        return
+    if torch.compiler.is_compiling():  # reading the labels back would break the graph; eager steps check
         return
     if target.device.type not in ("cpu", "meta"):
         counts = module.__dict__.setdefault("_label_checks", {})

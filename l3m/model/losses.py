@@ -135,6 +135,8 @@ class LMCrossEntropy(nn.Module):
     `z_loss` adds `z_loss * mean(logsumexp(logits)^2)` (PaLM), keeping logits from drifting.
     `vocab_parallel` takes logits sharded over the vocabulary (a DTensor from a tensor-parallel
     `LMHead(vocab_parallel=true)`) and never gathers them; a plain tensor is also accepted.
+    In training, a head fused with this loss (l3m.model.fusion) hands over `[loss sum, cross-entropy
+    sum]` instead of logits; the loss then only divides by the token count.
 
     The mean is over tokens, not over ranks: when the distributed setup sets `group` (the ranks
     that hold different tokens: data and context parallel), each rank divides its token sum by
@@ -166,6 +168,9 @@ class LMCrossEntropy(nn.Module):
         return count.clamp(min=1.0) / dist.get_world_size(self.group)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if logits.dim() == 1:  # a fused head's [loss sum, cross-entropy sum] (l3m.model.fusion): no logits
+            scored = targets[:, 1:] if self.shift else targets
+            return logits[0] / self.token_count((scored.flatten() != self.ignore_index).float())
         if self.shift:
             logits, targets = logits[:, :-1], targets[:, 1:]
         check_labels(self, targets, logits.shape[-1], port="targets", ignore_index=self.ignore_index)

@@ -63,6 +63,9 @@ class Perplexity(nn.Module):
 
     @torch.no_grad()
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if logits.dim() == 1:  # a fused head's [loss sum, cross-entropy sum] (l3m.model.fusion)
+            (nll, count), = self.statistics(logits, targets)
+            return (nll / count.clamp(min=1.0)).exp().float()
         if self.shift:
             logits, targets = logits[:, :-1], targets[:, 1:]
         check_labels(self, targets, logits.shape[-1], port="targets", ignore_index=self.ignore_index)
@@ -72,6 +75,9 @@ class Perplexity(nn.Module):
     @torch.no_grad()
     def statistics(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor]]:
         """(summed cross-entropy of the scored tokens, scored tokens)."""
+        if logits.dim() == 1:  # fused: the head summed the cross-entropy already
+            scored = targets[:, 1:] if self.shift else targets
+            return ((logits[1].double(), (scored != self.ignore_index).sum().double()),)
         if self.shift:
             logits, targets = logits[:, :-1], targets[:, 1:]
         flat = targets.flatten()

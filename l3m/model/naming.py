@@ -34,7 +34,7 @@ LEGACY_OVERRIDE_ROOT = "model"
 # these names would be shadowed in the module tree, so it is refused at lint (E503). A test keeps this
 # list a superset of the live attributes.
 _RESERVED = """
-    T_destination add_module apply bfloat16 block_items buffers call_super_init children code compile cpu cuda
+    T_destination add_module add_side_input apply bfloat16 block_items buffers call_super_init children code compile cpu cuda
     double dump_patches eval extra_repr float forward forward_eager get_buffer get_extra_state get_parameter
     get_submodule half input_keys ipu load_state_dict modules mtia named_buffers named_children named_modules
     named_parameters output_keys parameters register_backward_hook register_buffer register_forward_hook

@@ -50,6 +50,7 @@ from l3m.train.session import (
     Session,
     build_session,
     init_runtime,
+    pick_device,
     shutdown_runtime,
 )
 
@@ -341,7 +342,7 @@ def run_eval(path: str, overrides: Sequence[str], checkpoint: str, extensions: S
     program's evaluation sources: `(step of the checkpoint or -1, {source: results})`.
 
     Raises `ProgramErrors` when the program does not compile or cannot be evaluated."""
-    rt = rt or Runtime()
+    rt = rt or Runtime(device=pick_device(0))  # this machine's GPU when it has one, as `l3m eval` picks
     compiled = _compile(path, overrides, rt, extensions)
     if isinstance(compiled, int):
         raise ProgramErrors(compiled)

@@ -412,6 +412,11 @@ class CheckpointManager:
     def _write(self, step: int, tmp: Path, state: Mapping[str, Any], rank_state: Mapping[str, Any]) -> None:
         """Every file of the checkpoint into `tmp`, the manifest last."""
         skeleton, tensors = split_state(dict(state))
+        pipeline = getattr(self, "pipeline_group", None)  # mesh.pp > 1: each rank holds its stages' tensors
+        if pipeline is not None:
+            from l3m.train.checkpoint_pp import gather_skeleton
+
+            skeleton = gather_skeleton(skeleton, pipeline, self.parameter_order)
         with _quiet_single_process():
             dcp.save(tensors, checkpoint_id=str(tmp), no_dist=not _is_dist())
         faults.during_checkpoint(step, self.rank, tmp)

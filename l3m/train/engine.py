@@ -43,6 +43,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_model_st
 from l3m.config import compile_mode
 from l3m.data.loader import VALID_KEY, StatefulLoader
 from l3m.data.sources.mixture import mixture_counts
+from l3m.devices import cpu_low_precision_note
 from l3m.train import faults, perf
 from l3m.train.checkpoint import (
     CheckpointManager,
@@ -137,12 +138,22 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return _all_reduce(t, dist.ReduceOp.SUM)
 
 
+def _from_last_stage(pipe: Any, sums: dict[str, torch.Tensor], count: torch.Tensor,
+                     device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    from l3m.dist.pp import broadcast_logs
+
+    mine = ({k: v.cpu() for k, v in sums.items()}, count.cpu()) if pipe.has_last else None
+    got, n = broadcast_logs(pipe, mine)
+    return {k: v.to(device) for k, v in got.items()}, n.to(device)
+
+
 @torch.no_grad()
 def evaluate(s: Session, loaders: Mapping[str, StatefulLoader] | None = None, max_batches: int = 0) -> dict[str, dict]:
     """`{source: {"loss", <terms>, <metrics>, "samples"}}` over the whole evaluation set (all ranks):
     values with sufficient statistics (token losses, accuracy, perplexity) from their sums,
     others as sample-weighted means."""
     loaders = s.eval_loaders if loaders is None else loaders
+    pipe = getattr(s.model, "pipeline", None)  # mesh.pp > 1: the stages run in turn (l3m.dist.pp)
     s.model.eval()
     s.criterion.eval()
     results: dict[str, dict] = {}
@@ -156,9 +167,14 @@ def evaluate(s: Session, loaders: Mapping[str, StatefulLoader] | None = None, ma
                 valid = batch.pop(VALID_KEY)
                 batch = to_device(batch, s.device)
                 with s.precision.autocast():
-                    d = s.model(batch)  # every rank runs every batch: sharded models gather in forward
+                    if pipe is None:
+                        d = s.model(batch)  # every rank runs every batch: sharded models gather in forward
+                    else:
+                        from l3m.dist.pp import forward_only
+
+                        d = forward_only(pipe, batch, s.criterion, s.device)
                     n = int(valid.sum())
-                    if n == 0:
+                    if n == 0 or d is None:  # (None: not the last pipeline stage, which has the outputs)
                         continue
                     if n < valid.shape[0]:
                         d = _valid_subset(d, valid)
@@ -166,6 +182,8 @@ def evaluate(s: Session, loaders: Mapping[str, StatefulLoader] | None = None, ma
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0) + v.detach()
                 count += n
+            if pipe is not None:  # the last stage's sums, on every pipeline rank
+                sums, count = _from_last_stage(pipe, sums, count, s.device)
             keys = list(sums)  # "loss", then terms and metrics in declaration order (the same on every rank)
             packed = torch.cat([count.reshape(1), *[sums[k] for k in keys]]) if keys else count.reshape(1)
             packed = _all_reduce_sum(packed).cpu()
@@ -184,6 +202,16 @@ def evaluate(s: Session, loaders: Mapping[str, StatefulLoader] | None = None, ma
         s.model.train()
         s.criterion.train()
     return results
+
+
+def optimizer_step(s: Session) -> None:
+    """After the gradients are in (and clipped): the optimizer (through the grad scaler), the schedule,
+    and the gradients cleared."""
+    s.precision.scaler.step(s.optimizer)
+    s.precision.scaler.update()
+    if s.scheduler is not None:
+        s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
 
 
 @dataclass
@@ -264,6 +292,10 @@ class Trainer:
         saved = read_state(found.path)
         skeleton = saved["state"]
         model, criterion, optim = self._model_states()  # also creates the optimizer's state to load into
+        if getattr(self.s.model, "pipeline", None) is not None:  # this pipeline rank's part (checkpoint_pp)
+            from l3m.train.checkpoint_pp import restrict_skeleton
+
+            skeleton = restrict_skeleton(skeleton, set(model), optim.get("param_groups", []))
         old = _old_names(skeleton, {f"model.{k}": v for k, v in model.items()})
         if old:  # before the optimizer's groups are compared: that is not what is wrong
             raise ValueError(old)
@@ -416,6 +448,11 @@ class Trainer:
                 p.grad.div_(world)
 
     def train_step(self) -> StepStats:
+        pipe = getattr(self.s.model, "pipeline", None)
+        if pipe is not None:  # mesh.pp > 1: the pipeline schedule runs the micro-batches (l3m.dist.pp_step)
+            from l3m.dist.pp_step import pipeline_step
+
+            return pipeline_step(self, pipe)
         s, accum = self.s, max(1, self.cfg.grad_accum)
         keys = s.input_keys
         sums: dict[str, torch.Tensor] = {}
@@ -447,11 +484,7 @@ class Trainer:
                 grad_norm = clip_grad_norm_(params, self.cfg.grad_clip)
             else:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip, foreach=True)
-        s.precision.scaler.step(s.optimizer)
-        s.precision.scaler.update()
-        if s.scheduler is not None:
-            s.scheduler.step()
-        s.optimizer.zero_grad(set_to_none=True)
+        optimizer_step(s)
         return StepStats({k: v / accum for k, v in sums.items()}, grad_norm, samples, tokens, reduced)
 
     # -- reporting ---------------------------------------------------------------------------------
@@ -544,6 +577,8 @@ class Trainer:
             self.logger.info(f"already trained for {self.step} of {total} steps; nothing to do")
             return
         self.logger.start(self.step)
+        if self.s.device.type == "cpu" and (note := cpu_low_precision_note(self.cfg.dtype)):
+            self.logger.warning(note)
         if self.ema is None and self.cfg.ema > 0:  # after a restore or train.init_from: from those weights
             self._make_ema()
         if self.cfg.eval_ema and self.ema is None and self.s.eval_loaders:
@@ -558,7 +593,7 @@ class Trainer:
         self._window = (time.perf_counter(), 0, 0, 0)
         self.s.model.train()
         self.s.criterion.train()
-        compiling = self.cfg.compile not in (False, "none")  # this process's first step traces and compiles
+        compiling = self._compile_mode() != "none"  # this process's first step traces and compiles
         while self.step < total:
             self.step += 1
             started = time.perf_counter()
@@ -595,10 +630,14 @@ class Trainer:
                 if stop:
                     raise Preempted(stop, self.step, str(saved or self.save()))
 
+    def _compile_mode(self) -> str:
+        return compile_mode(self.cfg.compile, self.s.runtime.world_size, self.s.device.type)
+
     def _log_compile_time(self, seconds: float) -> None:
-        mode = compile_mode(self.cfg.compile, self.s.runtime.world_size)
+        mode = self._compile_mode()
         what = "each repeated layer" if mode == "blocks" else "the whole model"
-        self.logger.info(f"torch.compile ({mode}: {what}): the first step, compiling included, took {seconds:.1f} s")
+        self.logger.info(f"torch.compile ({mode}: {what}): the first step, compiling included, took {seconds:.1f} s"
+                         f"{perf.compile_cache_note()}")
 
     def _stop_requested(self) -> int:
         """The stop signal's number when any rank received one, else 0 (the same on every rank)."""

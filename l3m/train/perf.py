@@ -100,3 +100,17 @@ def human_time(seconds: float) -> str:
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def compile_cache_note() -> str:
+    """How much of this process's compilation came from inductor's on-disk cache (shared by every run of
+    this user: a second run of the same model compiles from it), as a suffix for the compile-time line."""
+    try:
+        from torch._dynamo.utils import counters
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+    except ImportError:  # an older torch: no cache report
+        return ""
+    hits, misses = counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"]
+    if not hits + misses:
+        return ""
+    return f" (inductor cache {cache_dir()}: {hits} of {hits + misses} graphs reused)"

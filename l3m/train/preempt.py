@@ -9,10 +9,13 @@ signal may reach one rank only), a checkpoint is written at that step and the pr
 by that signal, which job scripts and Kubernetes pod-failure policies already test for, and not
 0, so that nothing takes the unfinished run for a finished one. When the stop lands on a step
 that is due to evaluate, the evaluation is left to the resumed run (it runs first there), so the
-grace period goes to the checkpoint. A second signal aborts at once (`Abort`, a
-KeyboardInterrupt; exit 128 + its signal), except inside the few lines that rename a checkpoint
+grace period goes to the checkpoint. A second SIGINT (Ctrl-C again: a person at a terminal) aborts
+at once (`Abort`, a KeyboardInterrupt; exit 130), except inside the few lines that rename a checkpoint
 into place, which it lets finish: checkpoints are written into a `.tmp` directory first, so an
-abort never damages one.
+abort never damages one. A repeated SIGTERM does not abort: schedulers send it more than once (SLURM
+signals the job step and its processes, torchrun forwards it to every rank again), and cutting the
+checkpoint short would lose the grace period it was sent for; the SIGKILL after the grace period is
+what ends a stuck save.
 
 Under torchrun a rank that exits non-zero makes the launcher stop the others and report a
 failure (with each rank's exit code); launch with `--max-restarts 0` (the default) so that it
@@ -93,8 +96,10 @@ class StopSignals:
             if not self.announce:
                 return
             with contextlib.suppress(OSError):  # os.write: safe where a print could re-enter its stream
-                os.write(2, f"\nl3m: {signal_name(signum)} received; stopping after this step with a checkpoint "
-                            f"(send it again to abort now)\n".encode())
+                os.write(2, (f"\nl3m: {signal_name(signum)} received; stopping after this step with a checkpoint "
+                            + ("(Ctrl-C again to abort now)\n" if signum == signal.SIGINT else "\n")).encode())
+            return
+        if signum != signal.SIGINT:  # a scheduler repeating itself, not a person: the save goes on
             return
         if self._critical:
             self._abort_pending = signum

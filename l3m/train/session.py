@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from l3m.config import LogConfig, MeshConfig, TrainConfig, build_section
+from l3m.config import LogConfig, MeshConfig, TrainConfig, build_section, compile_mode
 from l3m.data.errors import reset_scan_policy, set_scan_policy
 from l3m.data.global_batch import BatchLayout, derive_layout, source_batch_size, train_settings
 from l3m.data.loader import StatefulLoader, build_loader, mix_seed
@@ -36,6 +36,7 @@ from l3m.dsl.ir import Call, Node, Program, Span
 from l3m.model.blame import BLOCK_FAILED, BlockFailure, ProgramError, error_text
 from l3m.model.build import build_model, entry_for, instantiate, materialize
 from l3m.model.criterion import Criterion, build_criterion
+from l3m.model.fusion import apply_lm_loss_fusions, plan_lm_loss_fusions
 from l3m.registry import RUNTIME_PARAMS, load_builtins, lookup
 from l3m.train.precision import Precision
 
@@ -312,10 +313,16 @@ def build_session(compiled: Compiled, rt: Runtime, *, command: str = "train") ->
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     model = build_model(program, device="meta", schedule=compiled.flow.model_order())
+    if getattr(mesh, "pp", 1) > 1:  # stages balanced by measured FLOPs (before fusions), as `l3m plan` shows
+        from l3m.plan_pp import measured_unit_flops
+
+        model.pp_flops = measured_unit_flops(program, model)
+    if command == "train":  # training only: evaluation and generation read the logits themselves
+        apply_lm_loss_fusions(model, plan_lm_loss_fusions(program))
     model, parallel = parallelize(model, mesh, train)
     materialize(model, rt.device)
     dims = getattr(model, "parallel_dims", None)  # set by l3m.dist.parallelize
-    if train.compile not in (False, "none") and not parallel:  # l3m.dist compiles (blocks or the model)
+    if compile_mode(train.compile, 1, rt.device.type) != "none" and not parallel:  # else l3m.dist compiles
         model.compile()  # one graph for the whole straight-line forward
     criterion = build_criterion(program, device=rt.device)
     if dims is not None:

@@ -20,8 +20,8 @@ def out(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("bench")
 
 
-def run(script: str, out: Path) -> dict:
-    proc = subprocess.run([sys.executable, str(BENCH / f"{script}.py"), "--quick", "--out", str(out)],
+def run(script: str, out: Path, *extra: str) -> dict:
+    proc = subprocess.run([sys.executable, str(BENCH / f"{script}.py"), "--quick", "--out", str(out), *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     name = "compile" if script == "torch_compile" else script
@@ -106,7 +106,7 @@ def test_memory_plan_compares_prediction_with_measurement(out):
 def test_peers_checks_equal_outputs_then_writes_ratios(out):
     pytest.importorskip("transformers")
     pytest.importorskip("timm")
-    d = run("peers", out)
+    d = run("peers", out, "--cases", "llama:tiny,vit:tiny")  # torchtitan and open_clip: tests/interop
     assert {(c["family"], c["peer"]) for c in d["cases"]} == {("llama", "transformers"), ("vit", "timm")}
     for c in d["cases"]:
         assert c["max_abs_diff"]["grads"] < 1e-4  # the peer computes what the l3m model computes
@@ -114,6 +114,8 @@ def test_peers_checks_equal_outputs_then_writes_ratios(out):
             assert r["cpu"]["ratio"]["n"] == 3 and r["cpu"]["ratio"]["median"] > 0
             assert r["cpu"]["aa_ratio"]["median"] > 0 and r["cpu"]["peer_s"]["median"] > 0
     assert {(r["mode"], r["dtype"]) for c in d["cases"] for r in c["runs"]} >= {("eager", "fp32"), ("eager", "bf16")}
+    eager_fp32 = [r for c in d["cases"] for r in c["runs"] if (r["mode"], r["dtype"]) == ("eager", "fp32")]
+    assert all(r["cpu"]["default_ratio"]["median"] > 0 for r in eager_fp32)  # l3m's default compile, peer eager
 
 
 def test_report_renders_what_exists(out):

@@ -112,6 +112,25 @@ def test_one_bad_name_does_not_cascade(compile_text):
     assert [d.code for d in compiled.errors] == ["E201"]
 
 
+def test_a_missing_import_does_not_cascade(compile_text):
+    """Names used through a namespace whose import failed are not reported again (no 'not a template',
+    no 'not an imported namespace' with a did-you-mean naming the very namespace)."""
+    src = HEAD + 'import "missing.l3m" as base\nlet d = base.dim * 2\n' + GPT.replace("LMHead(", "base.Head(")
+    compiled = compile_text(src)
+    assert [d.code for d in compiled.errors] == ["E401"], compiled.errors
+    # a model instance of a template from it: its readers (losses, metrics) are not reported either
+    inst = HEAD + ('import "missing.l3m" as base\ndata { train: TextBytes(seq_len = 8, batch_size = 2) -> tokens, '
+                   'targets }\nmodel m = base.GPT(dim = 8)  tokens -> logits\n'
+                   'loss ce: LMCrossEntropy()  logits, targets -> loss\n')
+    assert [d.code for d in compile_text(inst).errors] == ["E401"]
+
+
+def test_an_undefined_name_in_a_let_is_said_once_at_the_let(compile_text):
+    src = HEAD + "let width = undefind\n" + GPT.replace("dim = 16", "dim = width")
+    (d,) = compile_text(src).errors
+    assert (d.code, d.span.line, d.span.col) == ("E403", 2, 13) and "'undefind' is not defined" in d.message
+
+
 def test_several_errors_are_all_reported(compile_text):
     src = HEAD + GPT.replace("Transformer(", "Transfomer(").replace("logits, targets", "logits, targts")
     codes = {d.code for d in compile_text(src).errors}
@@ -138,6 +157,7 @@ def test_every_code_has_a_test():
     tested |= {"W105"}  # tests/dsl/test_defaults.py
     tested |= {"E790", "E791", "E792"}  # tests/model/test_sharing.py
     tested |= {"E605", "W605", "W606"}  # tests/parallel/test_float8.py
+    tested |= {"E606"}  # tests/pp/test_pp_partition.py
     assert set(CODES) <= tested
 
 

@@ -149,6 +149,19 @@ def test_second_signal_waits_for_a_rename_in_progress():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_repeated_sigterm_does_not_cut_the_save_short():
+    """Schedulers send SIGTERM more than once (SLURM to the step and its processes, torchrun again to each
+    rank): only the first counts, and the checkpoint it asked for is still written."""
+    stop = StopSignals()
+    stop.announce = False
+    with stop.installed():
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # no Abort
+        with stop.critical():
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM and stop.requested
+
+
 @pytest.mark.dist
 def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(world):
     """Under torchrun, SIGTERM reaching rank 1 only: both ranks stop after the same step and write

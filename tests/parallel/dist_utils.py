@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from helpers import dist_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,11 +53,7 @@ def write_program(directory: Path) -> Path:
 
 
 def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(L3M_DEVICE="cpu", WANDB_MODE="disabled", OMP_NUM_THREADS="1", L3M_PEAK_FLOPS="1e11",
-               L3M_DIST_TIMEOUT="60")
-    return env
+    return dist_env()
 
 
 def run(args: list[str], nproc: int = 1, timeout: float = 150) -> subprocess.CompletedProcess:

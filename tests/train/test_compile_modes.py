@@ -22,6 +22,14 @@ def test_true_keeps_its_meaning_and_strings_choose():
         compile_mode("graph")
 
 
+def test_auto_compiles_each_layer_on_a_gpu_and_nothing_on_the_cpu():
+    from l3m.config import TrainConfig
+
+    assert TrainConfig().compile == "auto"  # the default
+    assert compile_mode("auto", 1, "cuda") == compile_mode("auto", 8, "cuda") == "blocks"
+    assert compile_mode("auto", 1, "cpu") == compile_mode("auto", 2, "cpu") == "none"
+
+
 def test_lint_refuses_an_unknown_value(llm, compile_text):
     c = compile_text(llm.read_text(), overrides=["train.compile=regional"])
     (d,) = c.errors
@@ -43,3 +51,4 @@ def test_blocks_and_model_train_as_eager(llm, tmp_path, caplog):
         assert final_weights(runs[mode]).keys() == final_weights(runs["none"]).keys()  # no `_orig_mod.`
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("torch.compile")]
     assert len(said) == 2 and said[0].startswith("torch.compile (blocks: each repeated layer): the first step")
+    assert "graphs reused)" in said[0]  # and how much came from inductor's on-disk cache

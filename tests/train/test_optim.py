@@ -110,6 +110,29 @@ def test_adamw_builds_groups_and_steps():
         AdamW(m.named_parameters(), betas=[0.9])
 
 
+def test_adamw_is_fused_by_default_where_torch_has_the_kernel():
+    m = Toy()
+    assert AdamW(m.named_parameters()).defaults["fused"]  # the CPU has fused Adam kernels
+    for kwargs, fused, foreach in (({"fused": False}, None, None), ({"foreach": True}, None, True),
+                                   ({"fused": False, "foreach": False}, None, False)):
+        opt = AdamW(m.named_parameters(), **kwargs)  # an explicit choice in the file is kept
+        assert (opt.defaults["fused"], opt.defaults["foreach"]) == (fused, foreach), kwargs
+    with torch.device("meta"):  # no kernel for these parameters: torch's own default
+        assert not AdamW(Toy().named_parameters()).defaults["fused"]
+    # the fused step is AdamW's step
+    ref = Toy()
+    ref.load_state_dict(m.state_dict())
+    opts = [AdamW(x.named_parameters(), lr=0.1, weight_decay=0.05, fused=f) for x, f in ((m, None), (ref, False))]
+    for x, opt in zip((m, ref), opts):
+        torch.manual_seed(0)
+        for _ in range(2):
+            x.head.lm(x.trunk.blocks.layers[0].fc(torch.randn(2, 4))).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    for (n, a), b in zip(m.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=lambda msg, n=n: f"{n}: {msg}")
+
+
 def test_sgd_settings():
     opt = SGD(Toy().named_parameters(), lr=0.5, momentum=0.8, nesterov=True, weight_decay=1e-4)
     assert isinstance(opt, torch.optim.SGD)

@@ -218,6 +218,8 @@ def find_entry(c: ast.CallExpr, env: Env, kinds: tuple[str, ...], t: Tools) -> E
     name = c.dotted
     entry = t.catalog.entry(name) if len(c.parts) == 1 else None
     if entry is None:
+        if len(c.parts) > 1 and c.parts[0] in env.scope.broken_imports:
+            return None  # the import's own error says it
         if len(c.parts) > 1 or name in env.scope.defs:
             t.report.error("E202", f"'{name}' is a template; instantiate it with `model NAME = {name}(...) ins -> outs`",
                            c.span)
@@ -244,6 +246,12 @@ def _typecheck(value: Any, ann: Any, pname: str, expr: ast.Expr | None, env: Env
     span = expr.span if expr is not None else where
     if isinstance(value, Symbol) and "string" not in wrong and "'" not in wrong:
         visible = (list(env.scope.lets) + list(env.params)) if env is not None else []
+        let = _let_named(expr, env)
+        if let is not None and isinstance(let.value, ast.Ref) and let.value.dotted == value:
+            # `let dim = undefined_name`: said at the let, and the same words at every use, so it is said once
+            t.report.error("E403", f"'{value}' is not defined", let.value.span, did_you_mean(value, visible),
+                           notes=[(f"the value of let '{let.name}', which arguments of blocks use", None)])
+            return
         fitting = _implementing(interfaces_in(ann), t) if interfaces_in(ann) else []
         if fitting:  # a component named without its parentheses, or misspelt
             close = value if value in fitting else suggest(value, fitting)
@@ -255,6 +263,13 @@ def _typecheck(value: Any, ann: Any, pname: str, expr: ast.Expr | None, env: Env
         opts = literal_options(ann)
         t.report.error("E205", f"argument '{pname}' of '{owner}' must be {wrong}, not {describe(value)}", span,
                        did_you_mean(value, opts) if isinstance(value, str) and opts else None)
+
+
+def _let_named(expr: ast.Expr | None, env: Env | None) -> ast.LetDecl | None:
+    """The `let` a bare reference (`dim`) names in `env`'s file, if it is one (not a template parameter)."""
+    if env is None or not isinstance(expr, ast.Ref) or len(expr.parts) != 1 or expr.parts[0] in env.params:
+        return None
+    return env.scope.lets.get(expr.parts[0])
 
 
 def _plain(value: Any) -> Any:

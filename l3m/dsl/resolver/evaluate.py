@@ -218,6 +218,8 @@ class Evaluator:
         if len(parts) == 2 and parts[0] in scope.imports:
             scope.used_imports.add(parts[0])
             scope = scope.imports[parts[0]]
+        elif len(parts) > 1 and parts[0] in scope.broken_imports:
+            raise Fail  # the import's own error says it
         elif len(parts) > 1:
             raise self.fail("E403", f"'{ref.dotted}' is not defined: '{parts[0]}' is not an imported namespace",
                             ref.span, did_you_mean(parts[0], scope.imports))

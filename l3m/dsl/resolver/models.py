@@ -96,7 +96,13 @@ class ModelBuilder:
             self.too_many_nodes = True
             return
         d, def_scope = self._find_def(inst.call, env)
-        if d is None:
+        if d is None:  # kept (invalid) with the instance's keys, so that its readers are not reported too
+            stub = Node(inst.name, path, "block", Call(inst.call.dotted, inst.call.span), inst.span, self.index,
+                        path, None, valid=False)
+            stub.reads = [Binding(map_key(r.key, key_map), r.span, r.port, r.overwrite) for r in inst.reads]
+            stub.writes = [Binding(map_key(r.key, key_map), r.span, r.port, r.overwrite) for r in inst.writes]
+            self.index += 1
+            self.program.nodes.append(stub)
             return
         inner = Env(def_scope)
         self._template_params(inst, d, env, inner, path)
@@ -152,6 +158,8 @@ class ModelBuilder:
         if len(call.parts) == 2 and call.parts[0] in scope.imports:
             scope.used_imports.add(call.parts[0])
             scope = scope.imports[call.parts[0]]
+        elif len(call.parts) == 2 and call.parts[0] in scope.broken_imports:
+            return None, None  # the import's own error says it
         elif len(call.parts) != 1:
             report.error("E201", f"'{call.dotted}' is not a template: '{call.parts[0]}' is not an imported "
                          "namespace", call.span, did_you_mean(call.parts[0], scope.imports))

@@ -36,6 +36,7 @@ class ModuleScope:
     evaluating: set[str] = field(default_factory=set)
     used_imports: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)  # lets whose evaluation failed (and was reported)
+    broken_imports: set[str] = field(default_factory=set)  # aliases of imports that failed (and were reported)
 
 
 class Loader:
@@ -111,7 +112,9 @@ class Loader:
             target = os.path.normpath(os.path.join(base, imp.path))
             chains.setdefault(display(target), chains.get(scope.file, ()) + (f"{imp.span}",))
             child = self.load(target, imp.span)
-            if child is not None:
+            if child is None:
+                scope.broken_imports.add(imp.alias)  # its names are not reported again at each use
+            else:
                 if imp.alias in scope.imports:
                     error("E207", f"import name '{imp.alias}' is used twice", imp.alias_span)
                 scope.imports[imp.alias] = child

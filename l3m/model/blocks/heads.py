@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,9 @@ from l3m.model.blocks.layers import Linear
 from l3m.model.blocks.norms import make_norm
 from l3m.model.blocks.pooling import AttentionPool
 from l3m.model.blocks.transformer import Transformer
+from l3m.model.fused_ce import chunked_lm_loss
 from l3m.model.init import InitStyle
+from l3m.model.labels import check_labels
 from l3m.registry import register
 
 
@@ -185,6 +187,11 @@ class LMHead(nn.Module):
     `tie` names the block (e.g. a TokenEmbedding) whose `.weight` the builder shares with this
     head through `tie_weight`. With `vocab_parallel`, under tensor parallelism the logits stay
     sharded over the vocabulary (a DTensor) for `LMCrossEntropy(vocab_parallel=true)`.
+
+    When the program shows that only a cross-entropy reads the logits, a training session calls
+    `fuse_loss` (l3m.model.fusion): in training, given the targets, the head then returns
+    `[loss sum, cross-entropy sum]` computed in chunks of tokens without forming the logits
+    (l3m.model.fused_ce); in evaluation, or without targets, it returns logits as always.
     """
 
     outputs = ("logits",)
@@ -206,6 +213,11 @@ class LMHead(nn.Module):
         self.tie, self.vocab_parallel = tie, vocab_parallel
         # init_depth: the trunk's depth, for init="fan_in_depth_scaled" (variance 1/((1+depth)*dim)).
         self.proj = Linear(dim, vocab, bias=bias, init=init, init_std=init_std, init_depth=init_depth)
+        self.fused: dict[str, Any] | None = None  # the loss's settings once fused (fuse_loss)
+
+    def fuse_loss(self, *, shift: bool, ignore_index: int, z_loss: float, chunk: int) -> None:
+        """Compute the cross-entropy sums here in training (see the class doc)."""
+        self.fused = {"shift": shift, "ignore_index": ignore_index, "z_loss": z_loss, "chunk": chunk}
 
     @property
     def weight(self) -> nn.Parameter:
@@ -222,5 +234,24 @@ class LMHead(nn.Module):
             return {"proj": ColwiseParallel(output_layouts=Shard(-1), use_local_output=False)}
         return {"proj": ColwiseParallel(output_layouts=Replicate())}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
+    def forward(self, x: torch.Tensor, **side: Any) -> torch.Tensor:
+        """`side` is what a fusion passes beside the bound input (not a port): `targets`."""
+        f, targets = self.fused, side.get("targets")
+        if f is None or targets is None or not self.training:
+            return self.proj(x)
+        if f["shift"]:
+            x, targets = x[:, :-1], targets[:, 1:]
+        weight, bias = self.proj.weight, self.proj.bias
+        if hasattr(weight, "placements") or hasattr(bias, "placements"):  # a DTensor: let torch run the linear
+            logits = self.proj(x).flatten(0, -2).float()
+            flat = targets.flatten()
+            nll = F.cross_entropy(logits, flat, ignore_index=f["ignore_index"], reduction="sum")
+            total = nll
+            if f["z_loss"] > 0:
+                lse = torch.logsumexp(logits, dim=-1)
+                total = nll + f["z_loss"] * (lse.square() * (flat != f["ignore_index"])).sum()
+            return torch.stack([total, nll.detach()])
+        check_labels(self, targets, weight.shape[0], port="targets", ignore_index=f["ignore_index"])
+        total, nll = chunked_lm_loss(x, weight, bias, targets, ignore_index=f["ignore_index"], z_loss=f["z_loss"],
+                                     chunk=f["chunk"])
+        return torch.stack([total, nll])

@@ -9,7 +9,9 @@ residual carries the token through.
 
 Under expert parallelism (`mesh.ep > 1`) each rank holds a slice of the experts and `l3m.dist.ep` sets
 the `ep` attribute: routing, the balance loss and the capacity cut stay on the rank's own tokens
-(exactly as without it), and only the expert computation moves to the experts' owners.
+(exactly as without it), and only the expert computation moves to the experts' owners. Under tensor
+parallelism (`mesh.tp > 1`, `tp_plan`) each rank holds a slice of every expert's hidden units and
+`l3m.dist.ep_tp` sets the `tp` attribute, whose sums put the slices' partial results together.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from l3m.interfaces import FeedForward
 from l3m.model.blocks.feedforward import mlp_hidden
@@ -67,6 +70,7 @@ class MoE(nn.Module, FeedForward):
     context_parallel = "local"  # trait (l3m.traits): runs on a slice of the sequence as it is
     expert_parallel = ("w1", "w3", "w2")  # trait: stacked by expert, split over `mesh.ep` ranks
     ep = None  # a l3m.dist.ep.ExpertParallel when the experts are split over ranks
+    tp = None  # a l3m.dist.ep_tp.ExpertTP when the experts' hidden units are split over ranks
     shapes = "x: float[..., dim] -> x: float[..., dim], aux_loss: float[]"
     checks = (("1 <= top_k <= num_experts", "top_k ({top_k}) must be between 1 and num_experts ({num_experts})"),)
 
@@ -108,6 +112,17 @@ class MoE(nn.Module, FeedForward):
         init_weight_(self.w3, self.expert_init, std=self.init_std, fan_in=self.dim)
         init_weight_(self.w2, self.expert_init, std=self.init_std, fan_in=self.hidden, depth=self.init_depth)
 
+    def tp_plan(self) -> dict:
+        """Experts split over their hidden units (w1/w3 column-wise, w2 row-wise); the router replicated."""
+        from l3m.dist.ep_tp import ExpertTensorParallel
+
+        return {"": ExpertTensorParallel({"w1": 1, "w3": 1, "w2": 2})}
+
+    def tp_problem(self, tp: int) -> str | None:
+        if self.hidden % tp:
+            return f"has experts of {self.hidden} hidden units, which {tp} ranks cannot split evenly"
+        return None
+
     def plan_note(self) -> str | None:
         """`l3m plan` says when the experts are not SwiGLU (a YAML naming SiLU may hide it)."""
         if self.act == "gelu":
@@ -137,11 +152,21 @@ class MoE(nn.Module, FeedForward):
         capacity = -1
         if self.capacity_factor is not None:
             capacity = math.ceil(self.capacity_factor * t * self.top_k / self.num_experts)
+        tp = self.tp
         if self.ep is not None and not x.is_meta:
             expert, token, weight, _ = _select(expert, token, weight, self.num_experts, capacity)
             w1, w3, w2 = (self.ep.local(w) for w in (self.w1, self.w3, self.w2))
-            out = self.ep.dispatch(xf, expert, token, weight, self.num_experts,
-                                   lambda rows, counts: grouped_experts(rows, w1, w3, w2, counts, self.act))
+
+            def compute(rows: torch.Tensor, counts: list[int]) -> torch.Tensor:
+                if tp is None:
+                    return grouped_experts(rows, w1, w3, w2, counts, self.act)
+                return tp.leave(grouped_experts(tp.enter(rows), w1, w3, w2, counts, self.act))
+
+            return self.ep.dispatch(x, expert, token, weight, self.num_experts, compute), aux
+        elif tp is not None and not x.is_meta:  # this rank's hidden slice of every expert, summed over tp
+            w1, w3, w2 = (w.to_local() if isinstance(w, DTensor) else w for w in (self.w1, self.w3, self.w2))
+            out = tp.leave(moe_experts(tp.enter(xf), w1, w3, w2, expert, token, tp.enter(weight), capacity,
+                                       self.act))
         elif x.is_meta:  # shapes only (planning, FLOP counting): assume perfectly balanced routing
             n, e_ = expert.shape[0], self.num_experts
             counts = [n // e_ + (1 if e < n % e_ else 0) for e in range(e_)]
@@ -171,8 +196,10 @@ def _run_experts(x, w1, w3, w2, order, token, weight, counts: list[int], act: st
 
 def _linear_grouped(x: torch.Tensor, w: torch.Tensor, counts: list[int]) -> torch.Tensor:
     """Rows of `x` grouped by expert (`counts[e]` rows for expert e) times each expert's `w[e]^T`:
-    one grouped matmul where torch has one for the device (bf16 on recent CUDA GPUs), else a loop."""
+    one grouped matmul where torch has one for the device (bf16 on recent CUDA GPUs, rows of whole 16-byte
+    multiples, which a tensor-parallel slice of the hidden units need not be), else a loop."""
     if x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm") \
+            and x.shape[-1] % 8 == 0 and w.shape[1] % 8 == 0 \
             and torch.cuda.get_device_capability(x.device) >= (9, 0):
         offs = torch.tensor(counts, device=x.device).cumsum(0).to(torch.int32)
         return torch._grouped_mm(x, w.transpose(-2, -1), offs=offs)

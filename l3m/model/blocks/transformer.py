@@ -150,6 +150,7 @@ class Transformer(nn.Module):
     outputs = ("x", "aux_loss?", "hidden?")
     context_parallel = "local"  # trait (l3m.traits): runs on a slice of the sequence as it is
     layer_lists = ("layers",)  # trait: the repeated layers (AC, compile and FSDP units)
+    splits_between_layers = True  # forward = run_layers over `layers`, then finish: pipeline stages may cut here
     shapes = "@transformer"  # context: [B, M, context_dim or dim]; heads | dim unless head_dim; even head_dim with rope
     checks = (
         ("heads >= 1", "heads ({heads}) must be at least 1"),
@@ -303,6 +304,26 @@ class Transformer(nn.Module):
         hidden = self.norm(torch.stack(kept).mean(dim=0)) if kept else None
         return self.norm(x), aux * (self.moe_aux_scale / max(self.num_moe, 1)), hidden
 
+    # A layer range, for pipeline stages cut between layers (l3m.dist.pp); `forward` is
+    # run_layers(0, depth) then finish, when return_hidden is 0.
+
+    def run_layers(self, x: torch.Tensor, start: int, stop: int, mask: torch.Tensor | None = None,
+                   context: torch.Tensor | None = None,
+                   aux: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layers `start..stop-1` on `x`: the new `x` and the running sum of MoE balancing terms."""
+        rope = self.rope(x.shape[1]) if self.rope is not None else None
+        if aux is None:
+            aux = torch.zeros((), device=x.device, dtype=torch.float32)
+        for i in range(start, stop):
+            x, a = self.layers[i](x, mask=mask, rope=rope, context=context)
+            if a is not None:
+                aux = aux + a
+        return x, aux
+
+    def finish(self, x: torch.Tensor, aux: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        """What `forward` returns after the last layer (without `return_hidden`)."""
+        return self.norm(x), aux * (self.moe_aux_scale / max(self.num_moe, 1)), None
+
 
 def _decoder_signature() -> inspect.Signature:
     params = [p for n, p in inspect.signature(Transformer.__init__).parameters.items() if n != "cross_attention"]
@@ -313,6 +334,8 @@ def _decoder_signature() -> inspect.Signature:
 class CrossAttentionDecoder(Transformer):
     """A Transformer whose every layer also cross-attends to `context` (e.g. an image encoder's
     tokens); its constructor is Transformer's less `cross_attention`."""
+
+    splits_between_layers = True  # its forward too is run_layers (with `context`), then finish
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, cross_attention=True, **kwargs)
