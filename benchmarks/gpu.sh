@@ -6,7 +6,7 @@
 #
 #   bash benchmarks/gpu.sh               # on the GPU machine, from the repository root
 #   QUICK=1 bash benchmarks/gpu.sh       # a smoke run of the same script on a CPU (tiny sizes)
-#   PARTS=llm VARIANTS=compiled STEPS=10 bash benchmarks/gpu.sh   # one part, fewer variants and steps
+#   PARTS=llm VARIANTS=blocks STEPS=10 bash benchmarks/gpu.sh     # one part, fewer variants and steps
 #
 # The machine's own python3 (with torch) runs it; packages it lacks travel as wheels in .whl/ and are
 # installed into /tmp/site: lark (l3m's parser; required), torchao (the float8 variant), open_clip_torch,

@@ -1,14 +1,14 @@
 """Tokens/s and MFU of the ~1B-parameter LLM (`benchmarks/gpu/llm_1b.l3m`) training on one GPU.
 
-Each variant (a set of overrides: compiled, eager, ...) is built as `l3m train` builds it and timed
-on the trainer's own `train_step()` (loader, forward, loss, backward, clipping, fused AdamW,
-schedule) after warm-up steps, which include compilation. MFU is the step's FLOPs (`l3m.plan`,
-counted on the meta device) per second over the bf16 matmul peak measured in the same process (an
-8192³ product, best of several), and over the datasheet's dense bf16 peak when `--datasheet` is
-given. Runs where `benchmarks/gpu.sh` runs it; on the CPU only `--quick` makes sense (a smoke test
-of the script on a tiny model).
+Each variant (a set of overrides: regional compile, float8, eager, ...) is built as `l3m train` builds
+it and timed on the trainer's own `train_step()` (loader, forward, loss, backward, clipping, fused AdamW,
+schedule) after warm-up steps, which include compilation. MFU is the step's FLOPs (`l3m.plan`, counted
+on the meta device) per second over the bf16 matmul peak measured in the same process (an 8192³
+product, as `l3m.train.perf` times it), and over the datasheet's dense bf16 peak when `--datasheet` is
+given. Runs where `benchmarks/gpu.sh` runs it; on the CPU only `--quick` makes sense (a smoke test of
+the script on a tiny model).
 
-    python benchmarks/gpu_llm.py --out DIR                      # compiled and eager, 1.3B
+    python benchmarks/gpu_llm.py --out DIR                      # regional compile, float8, eager: 1.3B
     python benchmarks/gpu_llm.py --quick --variants eager       # a smoke test on the CPU
 """
 
@@ -28,24 +28,6 @@ VARIANTS = {
     "float8": ["train.compile=blocks", "train.float8=true"],  # torchao's float8 Linear layers (compute capability >= 8.9)
 }
 QUICK = ["dim=128", "depth=2", "context=128", "batch=2"]
-
-
-def bf16_peak(device: Any, n: int, reps: int = 10) -> float:
-    """FLOP/s of an n³ bf16 matmul on `device`, best of `reps` after warm-up."""
-    import torch
-
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(reps):
-        sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best
 
 
 def sync(device: Any) -> None:
@@ -106,7 +88,7 @@ def measure(name: str, overrides: list[str], args, flops: float | None) -> dict[
 def main(argv: list[str] | None = None) -> None:
     ap = common.parser(__doc__)
     ap.add_argument("--file", default=FILE, help="the .l3m file to train (default: the 1.3B LLM)")
-    ap.add_argument("--variants", default="compiled,eager", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    ap.add_argument("--variants", default="blocks,float8,eager", help=f"comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     ap.add_argument("--datasheet", type=float, default=0.0, help="the device's dense bf16 peak, FLOP/s")
@@ -121,7 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         started["gpu"] = torch.cuda.get_device_name(device)
-    peak = bf16_peak(device, 8192 if device.type == "cuda" else 512)
+    from l3m.train import perf
+
+    peak = perf.measured_peak_flops(device.type, torch.bfloat16, 8192 if device.type == "cuda" else 512)
     print(f"bf16 matmul peak measured: {peak / 1e12:.1f} TFLOP/s", flush=True)
     import l3m
 

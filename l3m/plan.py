@@ -125,8 +125,10 @@ def plan(program: Program, world_size: int = 1, *, schedule: Sequence[str] | Non
     batch = batch_layout(program, mesh["dp_replicate"] * mesh["dp_shard"], notes)
     peak = peak_memory(program, sample if peak else None, mesh, batch, model, _all_params(model, criterion), states,
                        schedule, notes)
-    if device.name.startswith("cpu") if device is not None else not torch.cuda.is_available():
-        notes += [n for n in [cpu_low_precision_note(compute)] if n]  # training here, on this CPU
+    on_this_cpu = device.name.startswith("cpu") if device is not None else not torch.cuda.is_available()
+    advice = cpu_low_precision_note(compute) if on_this_cpu else None
+    if advice:
+        notes.append(advice)
     pipeline = None
     if mesh.get("pp", 1) > 1:  # the stages the trainer will run (l3m.plan_pp)
         from l3m.plan_pp import pipeline_plan

@@ -32,6 +32,20 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
 
+def program_of(source: str | Path, file: str | Path | None, overrides: Sequence[str]) -> tuple[Any, Path]:
+    """The compiled program `source`'s weights belong to, and its path: `file` when given, else the one
+    its run directory recorded (with the run's overrides, then `overrides`)."""
+    import l3m
+
+    if file is None and not Path(source).exists():
+        raise FileNotFoundError(f"no such run, checkpoint or weights file: {source}")
+    record = run_record_of(source) if file is None else None
+    if file is None and record is None:
+        raise ValueError(f"{source} is not inside a run directory: give the program with --file FILE.l3m")
+    program_path, recorded = (Path(file), []) if file is not None else record
+    return l3m.load(str(program_path), [*recorded, *overrides]), program_path
+
+
 def run_record_of(source: str | Path) -> tuple[Path, list[str]] | None:
     """(program.l3m, recorded overrides) of the run that `source` (a run, its `ckpt/`, one step
     directory, or a file inside a run) belongs to; None when it is not inside a run."""
@@ -136,15 +150,7 @@ def export(
     if format == "safetensors":
         return _export_safetensors(source, out, notes, ema)
 
-    import l3m
-
-    if file is None and not Path(source).exists():
-        raise FileNotFoundError(f"no such run, checkpoint or weights file: {source}")
-    record = run_record_of(source) if file is None else None
-    if file is None and record is None:
-        raise ValueError(f"{source} is not inside a run directory: give the program with --file FILE.l3m")
-    program_path, recorded = (Path(file), []) if file is not None else record
-    compiled = l3m.load(str(program_path), [*recorded, *overrides])
+    compiled, program_path = program_of(source, file, overrides)
     model = compiled.build_model()  # meta device: the structure only
     sources = _source_args(compiled.program)
     size = _first(sources, "image_size")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
-from l3m.interop.export import ExportResult, _fit, _weights, run_record_of
+from l3m.interop.export import ExportResult, _fit, _weights, program_of
 from l3m.model.adapters import adapter_state, has_bottleneck_adapters, lora_layout, merged_state, without_lora
 
 
@@ -57,18 +57,6 @@ def plain_structure(model: nn.Module, format: str) -> Callable[[dict], dict]:
     return lambda state: merged_state(layout, state)
 
 
-def _program_model(source: str | Path, file: str | Path | None, overrides: Sequence[str]) -> nn.Module:
-    import l3m
-
-    if file is None and not Path(source).exists():
-        raise FileNotFoundError(f"no such run, checkpoint or weights file: {source}")
-    record = run_record_of(source) if file is None else None
-    if file is None and record is None:
-        raise ValueError(f"{source} is not inside a run directory: give the program with --file FILE.l3m")
-    program_path, recorded = (Path(file), []) if file is not None else record
-    return l3m.load(str(program_path), [*recorded, *overrides]).build_model()  # meta device: structure only
-
-
 def export_finetuned(source: str | Path, out: str | Path, *, file: str | Path | None = None,
                      overrides: Sequence[str] = (), ema: bool = False, adapters_only: bool = False) -> ExportResult:
     """Write `source`'s weights (a run, checkpoint or weights file) to `out` as safetensors: the adapter
@@ -78,7 +66,7 @@ def export_finetuned(source: str | Path, out: str | Path, *, file: str | Path | 
     from l3m.durable import atomic_output
 
     notes: list[str] = []
-    model = _program_model(source, file, overrides)
+    model = program_of(source, file, overrides)[0].build_model()  # meta device: the structure only
     state, step = _weights(source, notes, ema)
     _fit(model, state)
     if adapters_only:

@@ -171,6 +171,17 @@ def write_json(path: Path, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
+def write_weights_folder(out_dir: str | Path, tensors: Mapping[str, torch.Tensor],
+                         metadata: Mapping[str, str] | None) -> Path:
+    """The export folder (made if missing; a file in its place is refused) with `model.safetensors` in it."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    save_safetensors(tensors, out / "model.safetensors", {"producer": "l3m", **dict(metadata or {})})
+    return out
+
+
 def write_hf_llama(
     model: nn.Module,
     state: Mapping[str, torch.Tensor],
@@ -190,11 +201,7 @@ def write_hf_llama(
 
     layout = hf_layout(model)
     tensors, dtype_name = cast(hf_state(state, model, layout), dtype)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    save_safetensors(tensors, out / "model.safetensors", {"producer": "l3m", **dict(metadata or {})})
+    out = write_weights_folder(out_dir, tensors, metadata)
     files = ["model.safetensors"]
     specials: dict[str, int] = {}
     if tokenizer is not None:

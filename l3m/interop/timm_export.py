@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from l3m.interop.mapping import blocks_of, save_safetensors, to_foreign
+from l3m.interop.mapping import blocks_of, to_foreign
 from l3m.interop.timm_vit import VitLayout, vit_layout, vit_rules
 from l3m.model.blocks.embeddings import ClsToken, PatchEmbed, PosEmbed
 from l3m.model.blocks.heads import Classifier
@@ -250,14 +250,10 @@ def write_timm(
     metadata: Mapping[str, str] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Write the timm folder (see the module doc); returns (files written, notes)."""
-    from l3m.interop.hf import cast, write_json
+    from l3m.interop.hf import cast, write_json, write_weights_folder
 
     export = timm_export(model, image_size)
     tensors, _ = cast(timm_state(state, model, export), dtype)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    save_safetensors(tensors, out / "model.safetensors", {"producer": "l3m", **dict(metadata or {})})
+    out = write_weights_folder(out_dir, tensors, metadata)
     write_json(out / "config.json", timm_config(export, mean, std))
     return ["model.safetensors", "config.json"], export.notes

@@ -215,20 +215,15 @@ def build_model(
     model = MetaModel(bound, schedule=[paths[n.path] for n in ordered])
     _apply_ties(model, declared, kwargs, paths)
     apply_shares(model, declared, kwargs, paths)  # `share = "<block>"` (l3m.model.sharing)
-    try:
-        freeze(model, program.section("train").get("freeze") or [])
-    except ValueError as e:
-        example = next((n for n, _ in model.named_parameters()), "")
-        raise ProgramError(Diagnostic(GLOB_CODE, f"train.freeze: {e}", setting_span(program, "train", "freeze"),
-                                      f"patterns match full parameter names, such as '{example}'")) from e
     from l3m.model.adapters import freeze_base
 
-    try:
-        freeze_base(model, program.section("train").get("trainable") or [])
-    except ValueError as e:
-        example = next((n for n, _ in model.named_parameters()), "")
-        raise ProgramError(Diagnostic(GLOB_CODE, f"train.trainable: {e}", setting_span(program, "train", "trainable"),
-                                      f"patterns match full parameter names, such as '{example}'")) from e
+    for setting, apply in (("freeze", freeze), ("trainable", freeze_base)):
+        try:
+            apply(model, program.section("train").get(setting) or [])
+        except ValueError as e:
+            example = next((n for n, _ in model.named_parameters()), "")
+            raise ProgramError(Diagnostic(GLOB_CODE, f"train.{setting}: {e}", setting_span(program, "train", setting),
+                                          f"patterns match full parameter names, such as '{example}'")) from e
     return model
 
 

@@ -53,9 +53,9 @@ def memory_bytes(device: torch.device) -> int:
 
 
 @functools.cache
-def measured_peak_flops(device_type: str, dtype: torch.dtype) -> float:
-    """FLOP/s of a square matmul on this device, timed once per process."""
-    n = 4096 if device_type == "cuda" else 512
+def measured_peak_flops(device_type: str, dtype: torch.dtype, n: int = 0) -> float:
+    """FLOP/s of an n x n matmul on this device (n = 0: 4096 on a GPU, 512 on a CPU), timed once per process."""
+    n = n or (4096 if device_type == "cuda" else 512)
     gen = torch.Generator(device=device_type).manual_seed(0)  # never touch the global generators
     a = torch.randn(n, n, device=device_type, dtype=dtype, generator=gen)
     b = torch.randn(n, n, device=device_type, dtype=dtype, generator=gen)

@@ -167,15 +167,7 @@ def transformer(args: dict, inputs: dict[str, TensorType]) -> dict[str, TensorTy
             raise ShapeError(f"rope_scaling is [factor, low_freq_factor, high_freq_factor, original_context] with "
                              f"low < high, not {scaling}", arg="rope_scaling")
     x = inputs.get("x")
-    _float(x, "x")
-    b, n = "?", "?"
-    xd = _seq(x)
-    if xd is not None:
-        if len(xd) != 3:
-            raise ShapeError(f"x must be [B, N, dim] (3 dims), but it is {x}")
-        b, n, d = xd
-        if isinstance(d, int) and dim is not None and d != dim:
-            raise ShapeError(f"x is {x}, but dim = {dim} (its last dim must be {dim})", arg="dim")
+    b, n = _tokens(x, dim)
     if attn is not None and attending:
         _check_grid(attn.get("pos"), n, "attn")
     md = _seq(inputs.get("mask"))
@@ -255,6 +247,20 @@ def _check_finetune(value, arg: str) -> None:
             raise ShapeError(f"Adapter's hidden ({hidden}) must be at least 1", arg=arg)
 
 
+def _tokens(x, dim) -> tuple:
+    """(B, N) of a float token sequence `x` = [B, N, dim] ("?" where unknown); ShapeError otherwise."""
+    _float(x, "x")
+    xd = _seq(x)
+    if xd is None:
+        return "?", "?"
+    if len(xd) != 3:
+        raise ShapeError(f"x must be [B, N, dim] (3 dims), but it is {x}")
+    b, n, d = xd
+    if isinstance(d, int) and dim is not None and d != dim:
+        raise ShapeError(f"x is {x}, but dim = {dim} (its last dim must be {dim})", arg="dim")
+    return b, n
+
+
 def _check_grid(pos, n, arg: str) -> None:
     """A 2-D position component's grid (given, or the largest square) and prefix fit the n tokens."""
     from l3m.dsl.shapes.params import _Unknown, component
@@ -296,15 +302,7 @@ def attention(args: dict, inputs: dict[str, TensorType]) -> dict[str, TensorType
             raise ShapeError(str(e), arg="pos") from None
     _check_finetune(args.get("lora"), "lora")
     x = inputs.get("x")
-    _float(x, "x")
-    xd = _seq(x)
-    b, n = "?", "?"
-    if xd is not None:
-        if len(xd) != 3:
-            raise ShapeError(f"x must be [B, N, dim] (3 dims), but it is {x}")
-        b, n, d = xd
-        if isinstance(d, int) and dim is not None and d != dim:
-            raise ShapeError(f"x is {x}, but dim = {dim} (its last dim must be {dim})", arg="dim")
+    b, n = _tokens(x, dim)
     if not args.get("cross"):
         _check_grid(args.get("pos"), n, "pos")
     cd = _seq(inputs.get("context")) if args.get("cross") else None
