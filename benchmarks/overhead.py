@@ -102,7 +102,9 @@ def case(example: str, size: str, overrides: list[str], args) -> dict[str, Any]:
 
     from l3m.model.criterion import build_criterion
 
-    compiled = common.load(example, overrides)
+    # The twin computes every token: row pruning (l3m.model.pruning) off, so that both do the same work
+    # and the difference is the language's overhead (peers.py measures l3m as it trains, pruning on).
+    compiled = common.load(example, [*overrides, "train.prune_rows=false"])
     s = common.session(compiled)
     model, opt = s.model, s.optimizer
     criterion = build_criterion(compiled.program, metrics=False)

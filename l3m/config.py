@@ -37,6 +37,9 @@ class TrainConfig:
     # An LM head whose logits only the cross-entropy reads computes the loss in chunks of this many tokens
     # in training, never forming [tokens, vocab] logits (l3m.model.fusion); -1: sized by the vocabulary, 0: off
     lm_loss_chunk: int = -1
+    # A trunk whose output only a pooling block reads (ClsPool, EosPool) computes its last layer for the
+    # pooled tokens alone in training (l3m.model.pruning): same values and gradients, fewer FLOPs
+    prune_rows: bool = True
     reshard_after_forward: bool = True
     param_dtype: Literal["fp32", "bf16", "fp16", "auto"] = "auto"  # FSDP2 MixedPrecisionPolicy
     reduce_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"

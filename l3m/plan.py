@@ -43,6 +43,7 @@ from l3m.model.core import MetaModel, bind_ports, params_by_block
 from l3m.model.criterion import build_criterion
 from l3m.model.fusion import plan_lm_loss_fusions
 from l3m.model.patterns import unused_no_decay
+from l3m.model.pruning import apply_row_pruning, plan_row_pruning
 from l3m.plan_cp import cp_attention_flops, format_cp_attention
 from l3m.registry import load_builtins, lookup
 
@@ -93,6 +94,8 @@ def plan(program: Program, world_size: int = 1, *, schedule: Sequence[str] | Non
     notes: list[str] = []
 
     model = build_model(program, device="meta", schedule=schedule)
+    prunings = plan_row_pruning(program)
+    apply_row_pruning(model, prunings)  # FLOPs are those a training step runs
     criterion = build_criterion(program, device="meta", metrics=False) if program.of_role("loss") else None
     check_plan_mesh(program, model, mesh)
     from l3m.plan_experts import expert_memory
@@ -144,7 +147,8 @@ def plan(program: Program, world_size: int = 1, *, schedule: Sequence[str] | Non
         "params": params,
         "flops_per_sample": flops,
         "cp_attention": cp_attention_flops(model, sample, mesh),  # l3m.plan_cp: per-rank attention FLOPs
-        "fusions": [f.describe() for f in plan_lm_loss_fusions(program)],  # l3m.model.fusion: training only
+        # l3m.model.fusion and l3m.model.pruning: training only
+        "fusions": [f.describe() for f in [*plan_lm_loss_fusions(program), *prunings]],
         "activation_bytes_per_sample": activation,
         "memory_per_rank": mem,
         "experts": expert_memory(model, mesh),  # l3m.plan_experts: MoE expert bytes per rank

@@ -41,14 +41,18 @@ def run_device() -> torch.device:
     return pick_device(int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def apply_compile(model: nn.Module) -> int:
-    """`torch.compile` each repeated layer (one graph, reused by every layer of the same shape)."""
+def apply_compile(model: nn.Module, static: bool = False) -> int:
+    """`torch.compile` each repeated layer (one graph, reused by every layer of the same shape).
+
+    `static` (under tensor parallelism) compiles a graph per shape instead of turning to dynamic
+    shapes when a second shape comes (AIMv2's decoder after its encoder): torch 2.14's tracing of a
+    dynamic-shape backward through DTensors recurses without end."""
     count = 0
     for layers in repeated_layers(model):
         done: dict[int, nn.Module] = {}  # a layer at several slots (share_layers) is compiled once
         for i, layer in enumerate(layers):
             if id(layer) not in done:
-                done[id(layer)] = torch.compile(layer)
+                done[id(layer)] = torch.compile(layer, dynamic=False if static else None)
             layers[i] = done[id(layer)]
             count += 1
     return count
@@ -82,7 +86,7 @@ def parallelize(model: nn.Module, mesh: MeshConfig, train: TrainConfig,
     experts = apply_ep(model, dims, reduce_replicas=not shard_ep_dp) if dims.ep > 1 else set()
     apply_ac(model, train.activation_checkpointing)
     if mode == "blocks":
-        apply_compile(model)
+        apply_compile(model, static=dims.tp > 1)
     if shard_ep_dp:
         shard_experts(model, dims, mp_policy(train), train.reshard_after_forward)
         experts = set()

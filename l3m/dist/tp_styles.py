@@ -22,5 +22,25 @@ def parallel_style(style: Any, where: str) -> Any:
     if style == "colwise_gather":
         return ColwiseParallel(output_layouts=Replicate())
     if style == "rowwise_embedding":
-        return RowwiseParallel(input_layouts=Replicate())
+        return _embedding_rowwise()(input_layouts=Replicate())
     raise ValueError(f"{where}: unknown tensor-parallel style {style!r}; expected one of {', '.join(TP_STYLES)}")
+
+
+def _embedding_rowwise() -> type:
+    """RowwiseParallel for an embedding table whose output is handed on as a tensor of its own.
+
+    `to_local()` gives a view of the summed output's local tensor (or an async-collective wrapper of
+    it); a compiled layer that takes such a tensor as its input sends its gradient back to the
+    wrong place (torch 2.14: an AttributeError in the redistribution's backward). One copy of the
+    `[B, N, dim]` output per step avoids it.
+    """
+    from torch.distributed.tensor.parallel import RowwiseParallel
+
+    class EmbeddingRowwise(RowwiseParallel):
+        @staticmethod
+        def _prepare_output_fn(output_layouts: Any, use_local_output: bool, mod: Any, outputs: Any,
+                               device_mesh: Any) -> Any:
+            out = RowwiseParallel._prepare_output_fn(output_layouts, use_local_output, mod, outputs, device_mesh)
+            return out.clone() if use_local_output else out
+
+    return EmbeddingRowwise

@@ -42,7 +42,7 @@ class LMLossFusion:
                 f"no [tokens, {self.vocab:,}] logits in training")
 
 
-def _args(node: Node) -> dict[str, Any] | None:
+def node_args(node: Node) -> dict[str, Any] | None:
     """The node's arguments with its class's defaults filled in; None when its name is unknown."""
     from l3m.registry import load_builtins, lookup
 
@@ -56,7 +56,7 @@ def _args(node: Node) -> dict[str, Any] | None:
     return out
 
 
-def _why_not_mesh(program: Program) -> str | None:
+def why_not_mesh(program: Program) -> str | None:
     mesh = program.section("mesh")
     for dim in ("tp", "cp", "pp"):
         if int(mesh.get(dim, 1) or 1) > 1:
@@ -67,14 +67,14 @@ def _why_not_mesh(program: Program) -> str | None:
 def plan_lm_loss_fusions(program: Program) -> list[LMLossFusion]:
     """Every LM head whose logits training can leave unformed (see the module doc)."""
     chunk = int(program.section("train").get("lm_loss_chunk", -1) or 0)
-    if chunk == 0 or _why_not_mesh(program) is not None:
+    if chunk == 0 or why_not_mesh(program) is not None:
         return []
     out = []
     written_by_blocks = [k for n in program.blocks for k in n.write_keys]
     for head in program.blocks:
         if head.call.type_name != "LMHead" or [b.port for b in head.writes] != ["logits"]:
             continue
-        args = _args(head)
+        args = node_args(head)
         key = head.writes[0].key
         if args is None or written_by_blocks.count(key) != 1:
             continue
@@ -85,13 +85,13 @@ def plan_lm_loss_fusions(program: Program) -> list[LMLossFusion]:
             continue
         loss = losses[0]
         ports = loss.ports_in()
-        largs = _args(loss)
+        largs = node_args(loss)
         if largs is None or ports.get("logits") != key or "targets" not in ports:
             continue
         targets = ports["targets"]
         if targets in written_by_blocks:
             continue
-        same = all(m.ports_in() == ports and (a := _args(m)) is not None and a["shift"] == largs["shift"]
+        same = all(m.ports_in() == ports and (a := node_args(m)) is not None and a["shift"] == largs["shift"]
                    and a["ignore_index"] == largs["ignore_index"] for m in metrics)
         if not same:
             continue

@@ -38,6 +38,30 @@ train {{ steps = 4, log_every = 1, checkpoint_every = 2, keep = 0, grad_clip = 1
 log {{ wandb = "disabled", console = "plain" }}
 """
 
+# A tiny ViT on digits (patches, a cls token, positions; 17 tokens) whose trunk options, pooling, heads
+# and losses each test fills in.
+VIT = """l3m 1
+data {{ train: DigitsImages(image_size = 16, batch_size = 8) -> image, label }}
+model vit {{
+  preprocessor {{
+    patch: PatchEmbed(dim = 16, patch = 4, in_chans = 3) image -> x
+    cls:   ClsToken(dim = 16)                             x -> x
+    pos:   PosEmbed(dim = 16, num = 17)                   x -> x
+  }}
+  trunk {{ blocks: Transformer(dim = 16, depth = 2, heads = 2{trunk}) x -> x }}
+  postprocessor {{
+{post}
+  }}
+  head {{
+{head}
+  }}
+}}
+{losses}
+optimizer AdamW(lr = 1e-2)
+train {{ steps = {steps}, log_every = 1, checkpoint_every = 0, keep = 0 }}
+log {{ wandb = "disabled", console = "plain" }}
+"""
+
 
 def corpus_text() -> str:
     words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
@@ -62,3 +86,22 @@ def run(args: list[str], nproc: int = 1, timeout: float = 150) -> subprocess.Com
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"]
     return subprocess.run([*launcher, *args], cwd=ROOT, env=child_env(), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def train_losses(program: Path, out: Path, overrides: list[str], nproc: int = 1,
+                 timeout: float = 150) -> dict[int, float]:
+    """`l3m train PROGRAM` on `nproc` processes into `out`: its training losses by step."""
+    from l3m.train.logging import read_metrics
+
+    proc = run(["-m", "l3m", "train", str(program), "--output", str(out), *overrides], nproc=nproc, timeout=timeout)
+    assert proc.returncode == 0, f"{out.name}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"}
+
+
+def assert_same_losses(a: dict[int, float], b: dict[int, float], steps: int, rel: float = 1e-5) -> None:
+    """Two runs logged the same steps 1..steps with the same losses."""
+    import pytest
+
+    assert sorted(a) == sorted(b) == list(range(1, steps + 1))
+    for step, want in a.items():
+        assert b[step] == pytest.approx(want, rel=rel), step

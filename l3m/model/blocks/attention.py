@@ -66,6 +66,25 @@ def attend(
     return out.transpose(1, 2).flatten(2)
 
 
+def take_rows(x: torch.Tensor, rows: int | torch.Tensor) -> torch.Tensor:
+    """`[B, 1, ...]`: token `rows` of every sample (an int), or token `rows[b]` of sample b (`[B]` indices)."""
+    if isinstance(rows, int):
+        return x[:, rows : rows + 1]
+    return x[torch.arange(x.shape[0], device=x.device), rows.to(x.device)].unsqueeze(1)
+
+
+def row_queries(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: int | torch.Tensor,
+                is_causal: bool) -> tuple[torch.Tensor, ...]:
+    """Attention for the queries at `rows` only (see `take_rows`), over every key: q, k, v and the
+    mask that causality leaves (keys up to each query's position), so `attend` needs no `is_causal`."""
+    q = take_rows(q, rows)
+    if not is_causal:
+        return q, k, v, None
+    if isinstance(rows, int):  # the same prefix of keys for every sample
+        return q, k[:, : rows + 1], v[:, : rows + 1], None
+    return q, k, v, causal_rows(rows.to(q.device), k.shape[1])[:, None, None, :]
+
+
 class _ShardHeads(ParallelStyle):
     """Tensor parallelism for a position module's per-head parameters (RopeMixed's `freqs`
     `[2, kv_heads, ...]`): each rank keeps the key/value heads whose projections it holds."""
@@ -227,8 +246,10 @@ class Attention(nn.Module, AttentionLayer):
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, context: torch.Tensor | None = None, **host: Any
     ) -> torch.Tensor:
-        """`host` is what a Transformer layer adds: `is_causal` (default: `causal`) and `rope`, its
-        shared 1-D RoPE tables (cos, sin), used when this attention has no `pos` of its own."""
+        """`host` is what a Transformer layer adds: `is_causal` (default: `causal`); `rope`, its
+        shared 1-D RoPE tables (cos, sin), used when this attention has no `pos` of its own; and
+        `rows`, the only output tokens anyone reads (`take_rows`; l3m.model.pruning): the other
+        queries are left out, keys and values still cover every token."""
         is_causal = host.get("is_causal", self.causal and not self.cross)
         rope = host.get("rope")
         q, k, v = self.project(x, context)
@@ -240,6 +261,12 @@ class Attention(nn.Module, AttentionLayer):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if self.kv_cache is not None and not self.cross:  # generation: attend to the cached tokens too
             k, v, mask, is_causal = self.kv_cache.extend(k, v, mask, is_causal)
+        rows = host.get("rows")
+        if rows is not None:  # l3m.model.pruning plans it without a mask, a cache or context parallelism
+            if mask is not None or self.cp is not None:
+                raise ValueError("attention to selected rows takes no mask and no context parallelism")
+            q, k, v, mask = row_queries(q, k, v, rows, is_causal)
+            return self.proj(attend(q, k, v, mask=mask))
         if self.cp is not None and not self.cross:
             if is_block_mask(mask):
                 raise ValueError("a FlexAttention block mask cannot be split over context-parallel ranks; "

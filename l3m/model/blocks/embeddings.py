@@ -12,8 +12,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.tensor import Replicate
-from torch.distributed.tensor.parallel import ParallelStyle, RowwiseParallel
 
 from l3m.model.blocks.norms import make_norm
 from l3m.model.init import InitStyle, check_style, init_weight_
@@ -135,8 +133,8 @@ class TokenEmbedding(nn.Module):
     def weight(self) -> nn.Parameter:
         return self.emb.weight
 
-    def tp_plan(self) -> dict[str, ParallelStyle]:
-        return {"emb": RowwiseParallel(input_layouts=Replicate())}
+    def tp_plan(self) -> dict[str, str]:
+        return {"emb": "rowwise_embedding"}  # l3m.dist.tp_styles
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.emb(tokens)

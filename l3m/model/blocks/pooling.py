@@ -39,6 +39,10 @@ class ClsPool(nn.Module):
     def __init__(self):
         super().__init__()
 
+    def pooled_rows(self) -> int:
+        """The only token this reads (l3m.model.pruning: the trunk before it may compute just that one)."""
+        return 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, 0]
 
@@ -59,16 +63,23 @@ class EosPool(nn.Module):
             raise ValueError(f"unknown which {which!r}; expected first or last")
         self.eos_id, self.which = eos_id, which
 
-    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def pooled_rows(self, tokens: torch.Tensor | None = None) -> torch.Tensor | None:
+        """`[B]`: the position read in each sample (l3m.model.pruning: the trunk before it may compute
+        just those rows); None without the tokens."""
+        if tokens is None:
+            return None
         n = tokens.shape[1]
         is_eos = tokens == self.eos_id
         if self.which == "first":
-            at = is_eos.int().argmax(dim=1)  # argmax returns the first maximum; 0 when no EOS
-        else:
-            pos = torch.arange(n, device=tokens.device).expand_as(tokens)
-            at = torch.where(is_eos, pos, -1).amax(dim=1)
-            at = torch.where(at < 0, n - 1, at)
-        return x[torch.arange(x.shape[0], device=x.device), at.to(x.device)]
+            return is_eos.int().argmax(dim=1)  # argmax returns the first maximum; 0 when no EOS
+        pos = torch.arange(n, device=tokens.device).expand_as(tokens)
+        at = torch.where(is_eos, pos, -1).amax(dim=1)
+        return torch.where(at < 0, n - 1, at)
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1 < tokens.shape[1]:  # the trunk computed only the rows read (pooled_rows)
+            return x[:, 0]
+        return x[torch.arange(x.shape[0], device=x.device), self.pooled_rows(tokens).to(x.device)]
 
 
 @register("block")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -22,7 +23,7 @@ from torch import nn
 from torch.distributed.tensor.parallel import ParallelStyle
 
 from l3m.interfaces import AttentionLayer, BranchAdapter, FeedForward, Norm, use
-from l3m.model.blocks.attention import Attention
+from l3m.model.blocks.attention import Attention, take_rows
 from l3m.model.blocks.embeddings import RotaryEmbedding
 from l3m.model.blocks.feedforward import MLP, GeGLU, SwiGLU, mlp_hidden
 from l3m.model.blocks.layers import DropPath, collect_tp_plan
@@ -90,21 +91,31 @@ class TransformerLayer(nn.Module):
         is_causal: bool | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         context: torch.Tensor | None = None,
+        rows: int | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`is_causal` None: each attention's own `causal` (the trunk builds it with its `causal`)."""
+        """`is_causal` None: each attention's own `causal` (the trunk builds it with its `causal`).
+        `rows`: compute only those output tokens, `[B, 1, dim]` (`take_rows`; l3m.model.pruning)."""
         # Without stochastic depth the branch is added as it is (no call per residual).
         drop = self.drop_path if self.drop_path.p > 0.0 else _keep
         if self.attn is not None:
             host: dict[str, Any] = {}
-            if isinstance(self.attn, Attention):  # a user's AttentionLayer gets x and mask only
+            own = isinstance(self.attn, Attention)  # a user's AttentionLayer gets x and mask only
+            if own:
                 if is_causal is not None:
                     host["is_causal"] = is_causal
                 if rope is not None:
                     host["rope"] = rope
+                if rows is not None:
+                    host["rows"] = rows
             h = self.attn(self.norm1(x), mask=mask, **host)
+            if rows is not None:
+                x, h = take_rows(x, rows), h if own else take_rows(h, rows)
             x = x + drop(h if self.adapter_1 is None else self.adapter_1(h))
-        elif self.identity_attn:
-            x = x + drop(self.norm1(x))
+        else:
+            if rows is not None:
+                x = take_rows(x, rows)
+            if self.identity_attn:
+                x = x + drop(self.norm1(x))
         if self.cross_attn is not None:
             x = x + drop(self.cross_attn(self.norm_cross(x), context=context))
         aux = None
@@ -145,6 +156,10 @@ class Transformer(nn.Module):
 
     `share_layers = true` (ALBERT) applies the first layer `depth` times: one set of weights, named
     `layers.0.*`, one FSDP/AC/compile unit (stochastic depth then has the first layer's rate, 0).
+
+    When only a pooling block (ClsPool, EosPool) reads `x`, training computes the last layer for the
+    tokens it reads alone (l3m.model.pruning; `train.prune_rows`): `read_rows(pick)` hands over the
+    pooling's `pooled_rows`, whose other inputs the MetaModel then passes to `forward`.
     """
 
     outputs = ("x", "aux_loss?", "hidden?")
@@ -288,15 +303,29 @@ class Transformer(nn.Module):
     def tp_plan(self) -> dict[str, ParallelStyle]:
         return collect_tp_plan(self)
 
+    def read_rows(self, pick: Callable[..., int | torch.Tensor | None]) -> None:
+        """Let training compute only the rows `pick` names in the last layer (see the class doc)."""
+        if self.return_hidden or self.num_moe and isinstance(self.layers[-1].mlp, MoE):
+            raise ValueError("a trunk that returns hidden layers or ends in a MoE layer computes every row")
+        self._pick_rows = pick
+
+    _pick_rows: Callable[..., int | torch.Tensor | None] | None = None
+
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, context: torch.Tensor | None = None
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, context: torch.Tensor | None = None,
+        **pool_inputs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         rope = self.rope(x.shape[1]) if self.rope is not None else None
         aux = torch.zeros((), device=x.device, dtype=torch.float32)
         kept: list[torch.Tensor] = []
         first_kept = self.depth - self.return_hidden
+        rows = self._pick_rows(**pool_inputs) if self._pick_rows is not None and self.training else None
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x, a = layer(x, mask=mask, rope=rope, context=context)
+            if rows is not None and i == last:
+                x, a = layer(x, mask=mask, rope=rope, context=context, rows=rows)
+            else:
+                x, a = layer(x, mask=mask, rope=rope, context=context)
             if a is not None:
                 aux = aux + a
             if self.return_hidden and i >= first_kept:
@@ -341,9 +370,9 @@ class CrossAttentionDecoder(Transformer):
         super().__init__(*args, cross_attention=True, **kwargs)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None
+        self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None, **pool_inputs: Any
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        return super().forward(x, mask=mask, context=context)
+        return super().forward(x, mask=mask, context=context, **pool_inputs)
 
 
 CrossAttentionDecoder.__init__.__signature__ = _decoder_signature()
