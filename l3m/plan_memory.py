@@ -167,11 +167,9 @@ def simulate_step(program: Program, one_sample: Mapping[str, torch.Tensor], shap
     from l3m.plan import DTYPES
 
     model = build_model(program, device="meta", schedule=schedule)
-    from l3m.model.fusion import apply_lm_loss_fusions, plan_lm_loss_fusions
-    from l3m.model.pruning import apply_row_pruning, plan_row_pruning
+    from l3m.model.pruning import apply_training_rewrites
 
-    apply_lm_loss_fusions(model, plan_lm_loss_fusions(program))  # as a training session runs it
-    apply_row_pruning(model, plan_row_pruning(program))
+    apply_training_rewrites(model, program)  # as a training session runs it
     apply_ac(model, shape.ac)
     try:
         criterion = build_criterion(program, device="meta")

@@ -18,8 +18,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from l3m.config import MeshConfig
 from l3m.model.core import MetaModel
 
-FP32 = 4
-
 
 def _unit_flops(model: MetaModel, criterion: nn.Module | None, sample: Mapping[str, torch.Tensor]) -> dict[str, int]:
     """FLOPs (forward and backward) of every module of one step, by module path."""

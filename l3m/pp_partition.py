@@ -190,6 +190,11 @@ def transformer_units(block: str, layers: int, args: Sequence[str], host: Sequen
     return out
 
 
+def stage_count(pp: int, schedule: str | None, virtual: int | None) -> int:
+    """Pipeline stages of a mesh: `pp`, times `pp_virtual` (default 2) with the interleaved 1F1B schedule."""
+    return pp * ((virtual or 2) if schedule == "interleaved_1f1b" else 1)
+
+
 def interleave(split_stages: int, ranks: int) -> list[list[int]]:
     """The stages each pipeline rank runs (round-robin, as the interleaved schedules expect)."""
     return [list(range(r, split_stages, ranks)) for r in range(ranks)]

@@ -21,6 +21,8 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import ParallelStyle
 
+from l3m.model.losses import sum_across_ranks
+
 
 class _SumGradients(torch.autograd.Function):
     """The identity whose backward sums the gradient over the group (each rank saw a slice of the hidden units)."""
@@ -37,20 +39,6 @@ class _SumGradients(torch.autograd.Function):
         return grad, None
 
 
-class _SumOutputs(torch.autograd.Function):
-    """The sum over the group of each rank's partial output; its gradient (the same on every rank) passes."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-        out = x.contiguous().clone()
-        dist.all_reduce(out, group=group)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
-        return grad, None
-
-
 class ExpertTP:
     """The tensor-parallel group a MoE's experts are split over, and the two sums that split needs."""
 
@@ -63,12 +51,7 @@ class ExpertTP:
 
     def leave(self, y: torch.Tensor) -> torch.Tensor:
         """The experts' output: the ranks' partial sums over their hidden slices, added up."""
-        return _SumOutputs.apply(y, self.group)
-
-
-def local(w: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a (possibly distributed) weight."""
-    return w.to_local() if isinstance(w, DTensor) else w
+        return sum_across_ranks(y, self.group)  # its gradient, the same on every rank, passes
 
 
 class ExpertTensorParallel(ParallelStyle):

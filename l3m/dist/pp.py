@@ -30,7 +30,16 @@ from l3m.config import MeshConfig, TrainConfig
 from l3m.dist.mesh import ParallelDims
 from l3m.dist.pp_units import model_units, port_keys
 from l3m.model.core import MetaModel
-from l3m.pp_partition import INTERNAL, Split, interleave, live_keys, partition, split_names, unit_index
+from l3m.pp_partition import (
+    INTERNAL,
+    Split,
+    interleave,
+    live_keys,
+    partition,
+    split_names,
+    stage_count,
+    unit_index,
+)
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
 
@@ -80,6 +89,7 @@ class PipelineChunk(nn.Module):
         self.units = split.stage_units(index)
         # (block path, None) for a whole block; (block path, (start, stop)) for a range of its layers
         self.steps: list[tuple[str, tuple[int, int] | None]] = []
+        self.ports: dict[str, dict[str, str]] = {}  # a split block's input ports, found once
         for u in self.units:
             if u.layer is None:
                 self.steps.append((u.block, None))
@@ -123,7 +133,7 @@ class PipelineChunk(nn.Module):
             if span is None:
                 outs = binding.call(block, env)
             else:
-                ports = port_keys(block, binding)
+                ports = self.ports.get(path) or self.ports.setdefault(path, port_keys(block, binding))
                 start, stop = span
                 x = env[f"{path}{INTERNAL}x"] if start > 0 else env[ports["x"]]
                 x, aux = block.run_layers(x, start, stop, mask=env.get(ports.get("mask", "")),
@@ -181,7 +191,7 @@ def choose_split(model: MetaModel, mesh: MeshConfig, needed: Sequence[str] = (),
     """The split every rank (and `l3m plan`) computes alike: `pp` stages, or `pp × pp_virtual` interleaved,
     balanced by measured FLOPs per module path (`flops`, l3m.plan_pp) or else by a parameter proxy."""
     units = model_units(model, flops)
-    stages = mesh.pp * (mesh.pp_virtual if mesh.pp_schedule == "interleaved_1f1b" else 1)
+    stages = stage_count(mesh.pp, mesh.pp_schedule, mesh.pp_virtual)
     return partition(units, stages, pins_of(units, mesh.pp_split), needed)
 
 
@@ -207,10 +217,10 @@ class Pipeline:
         self.model, self.split, self.dims, self.mesh = model, split, dims, mesh
         self.rank = dims.coordinate("pp")
         self.stage_ids = interleave(split.stages, dims.pp)[self.rank]
-        from l3m.train.checkpoint_pp import canonical
+        from l3m.train.optim import clean_name
 
         # every parameter name one process has, as checkpoints list them ("model.<name>" in the optimizer's)
-        self.parameter_order = [x for n, _ in model.named_parameters() for x in (f"model.{canonical(n)}", canonical(n))]
+        self.parameter_order = [x for n, _ in model.named_parameters() for x in (f"model.{clean_name(n)}", clean_name(n))]
         owned = {u.name for s in self.stage_ids for u in split.stage_units(s)}
         for u in split.units:  # everything else becomes a placeholder, at the same path
             if u.name in owned:

@@ -15,21 +15,10 @@ import torch
 from l3m.dist.grads import clip_grad_norm_
 from l3m.dist.pp import Pipeline, broadcast_logs
 from l3m.train import perf
+from l3m.train.engine import add_micro_batch
 
 if TYPE_CHECKING:
     from l3m.train.engine import StepStats, Trainer
-
-
-def _summed(records: list[tuple[torch.Tensor, dict, dict]]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    sums: dict[str, torch.Tensor] = {}
-    reduced: dict[str, torch.Tensor] = {}
-    for total, logs, stats in records:
-        for k, v in {"loss": total, **logs}.items():
-            if v.dim() == 0:
-                sums[k] = sums.get(k, 0) + v.float()
-        for k, v in stats.items():
-            reduced[k] = reduced.get(k, 0) + v
-    return sums, reduced
 
 
 def pipeline_step(trainer: Trainer, pipe: Pipeline) -> StepStats:
@@ -53,7 +42,10 @@ def pipeline_step(trainer: Trainer, pipe: Pipeline) -> StepStats:
         records = pipe.step(batches)
     payload = None
     if pipe.has_last:
-        sums, reduced = _summed(records)
+        sums: dict[str, torch.Tensor] = {}
+        reduced: dict[str, torch.Tensor] = {}
+        for total, logs, stats in records:
+            add_micro_batch(sums, reduced, total, logs, stats)
         payload = ({k: v.cpu() for k, v in sums.items()}, {k: v.cpu() for k, v in reduced.items()})
     sums, reduced = broadcast_logs(pipe, payload)
     sums = {k: v.to(s.device) for k, v in sums.items()}

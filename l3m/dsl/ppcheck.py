@@ -12,6 +12,7 @@ import difflib
 
 from l3m.dsl.diagnostics import Diagnostic
 from l3m.dsl.ir import Program
+from l3m.pp_partition import stage_count
 
 LAYERED = ("Transformer", "CrossAttentionDecoder")  # the blocks a stage may start inside
 
@@ -53,8 +54,7 @@ def check_pp(program: Program, order: list[str] | None = None) -> list[Diagnosti
                                 "give a block path or '<transformer block>.layers.K' (`l3m plan` lists them)"))
     pp = section.values.get("pp", 1)
     if isinstance(pp, int) and pp >= 1:
-        stages = pp * (section.values.get("pp_virtual", 2) if section.values.get("pp_schedule") == "interleaved_1f1b"
-                       else 1)
+        stages = stage_count(pp, section.values.get("pp_schedule"), section.values.get("pp_virtual"))
         if len(set(names)) > stages - 1:
             diags.append(Diagnostic("E606", f"mesh.pp_split pins {len(set(names))} stage start(s), but {stages} "
                                             f"pipeline stage(s) have only {stages - 1} cut(s)", span))

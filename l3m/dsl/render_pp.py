@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from l3m.dsl.ir import Node, Program
 from l3m.dsl.ppcheck import LAYERED
-from l3m.pp_partition import Split, Unit, interleave, partition, transformer_units, unit_index
+from l3m.pp_partition import Split, Unit, interleave, partition, stage_count, transformer_units, unit_index
 
 LOOKUPS = ("TokenEmbedding", "PosEmbed", "Embedding")
 
@@ -64,7 +64,7 @@ def graph_split(program: Program, order: list[str], params: Mapping[str, int | N
     pp = mesh.get("pp", 1)
     if not isinstance(pp, int) or pp < 2:
         return None
-    stages = pp * (mesh.get("pp_virtual", 2) if mesh.get("pp_schedule") == "interleaved_1f1b" else 1)
+    stages = stage_count(pp, mesh.get("pp_schedule"), mesh.get("pp_virtual"))
     units = _units(program, order, params)
     pins = [i for i in (unit_index(units, name) for name in mesh.get("pp_split") or []) if i is not None]
     reads = [k for n in (*program.of_role("loss"), *program.of_role("metric")) for k in n.read_keys]

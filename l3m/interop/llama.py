@@ -22,6 +22,7 @@ from torch import nn
 from l3m.interop.mapping import (
     Rule,
     fuse_qkv,
+    layer_problems,
     linear_rules,
     one_block,
     rename,
@@ -30,7 +31,6 @@ from l3m.interop.mapping import (
     to_native,
 )
 from l3m.model.blocks.embeddings import TokenEmbedding
-from l3m.model.blocks.feedforward import MLP
 from l3m.model.blocks.heads import LMHead
 from l3m.model.blocks.norms import RMSNorm
 from l3m.model.blocks.transformer import Transformer
@@ -66,15 +66,7 @@ def _check_transformer(t: Transformer, where: str) -> None:
     if not isinstance(t.norm, RMSNorm):
         problems.append("norm = rmsnorm with final_norm = true")
     for layer in t.layers:
-        attn = layer.attn
-        if attn is None or layer.cross_attn is not None or not isinstance(attn.q_norm, nn.Identity):
-            problems.append("self-attention only (attention = true, no cross-attention, qk_norm = false)")
-        elif getattr(attn, "pos", None) is not None:  # its own positions (Rope2d ...), not the trunk's RoPE
-            problems.append(f"the trunk's rotate-half RoPE, not attention pos = {type(attn.pos).__name__}")
-        if not (isinstance(layer.mlp, MLP) and layer.mlp.w3 is not None and layer.mlp.act == "silu"):
-            problems.append("mlp = swiglu (no MoE)")
-        if not (isinstance(layer.norm1, RMSNorm) and isinstance(layer.norm2, RMSNorm)):
-            problems.append("norm = rmsnorm")
+        problems += layer_problems(layer, "swiglu", RMSNorm)
     if problems:
         raise ValueError(f"{where} is not Llama-shaped; it needs {', '.join(dict.fromkeys(problems))}")
 

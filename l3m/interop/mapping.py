@@ -147,6 +147,30 @@ def one_block(
     raise ValueError(f"{what} needs exactly one {kind.__name__} block in the model, {count}")
 
 
+def layer_problems(layer: nn.Module, mlp: str, norm: type, qk_norm: bool = False) -> list[str]:
+    """What a Transformer layer lacks to be a plain pre-norm layer of a peer's: self-attention only (no
+    cross-attention or position module of its own, and no qk_norm unless the peer has it; the trunk's
+    RoPE is the caller's to judge), the feed-forward `mlp` ("gelu" or "swiglu", no MoE) and both norms
+    of class `norm`. Each problem is what to write in the file."""
+    from l3m.model.blocks.feedforward import MLP
+
+    problems = []
+    attn = layer.attn
+    if attn is None or layer.cross_attn is not None:
+        problems.append("self-attention only (attention = true, no cross-attention)")
+    elif not qk_norm and not isinstance(attn.q_norm, nn.Identity):
+        problems.append("qk_norm = false")
+    elif getattr(attn, "pos", None) is not None:
+        problems.append(f"no attention pos (it has {type(attn.pos).__name__})")
+    gated = mlp == "swiglu"
+    ff = layer.mlp
+    if not (isinstance(ff, MLP) and (ff.w3 is not None) == gated and ff.act == ("silu" if gated else "gelu")):
+        problems.append(f"mlp = {mlp} (no MoE)")
+    if not (isinstance(layer.norm1, norm) and isinstance(layer.norm2, norm)):
+        problems.append(f"norm = {norm.__name__.lower()}")
+    return problems
+
+
 def linear_rules(foreign: str, native: str, names: Iterable[str] = ("weight", "bias")) -> list[Rule]:
     """One-to-one renames of `foreign.weight` and `foreign.bias` (a bias only maps if present)."""
     return [rename(f"{foreign}.{n}", f"{native}.{n}") for n in names]

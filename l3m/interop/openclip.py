@@ -33,14 +33,15 @@ from l3m.interop.mapping import (
     Rule,
     blocks_of,
     fuse_qkv,
+    layer_problems,
     linear_rules,
+    one_block,
     rename,
     split_qkv,
     to_foreign,
     to_native,
 )
 from l3m.model.blocks.embeddings import ClsToken, PatchEmbed, PosEmbed, TokenEmbedding
-from l3m.model.blocks.feedforward import MLP
 from l3m.model.blocks.heads import ClipProjection
 from l3m.model.blocks.norms import LayerNorm
 from l3m.model.blocks.pooling import ClsPool, EosPool
@@ -97,13 +98,6 @@ def _split_by_tower(model: nn.Module, kind: type, image: str, text: str) -> tupl
     return pa, pb, a, b
 
 
-def _only(model: nn.Module, kind: type) -> tuple[str, nn.Module]:
-    found = blocks_of(model, kind)
-    if len(found) != 1:
-        raise ValueError(f"an open_clip CLIP needs exactly one {kind.__name__} block, found {len(found)}")
-    return found[0]
-
-
 def _trunk(t: Transformer, path: str, causal: bool) -> TrunkLayout:
     problems = []
     if t.causal != causal:
@@ -113,21 +107,17 @@ def _trunk(t: Transformer, path: str, causal: bool) -> TrunkLayout:
     if not isinstance(t.norm, LayerNorm):
         problems.append("final_norm = true with norm = layernorm")
     for layer in t.layers:
+        own = layer_problems(layer, "gelu", LayerNorm)
+        problems += own
+        if own:
+            continue
         attn = layer.attn
-        if attn is None or layer.cross_attn is not None or not isinstance(attn.q_norm, nn.Identity):
-            problems.append("self-attention only (no cross-attention, qk_norm = false)")
-        elif getattr(attn, "pos", None) is not None:
-            problems.append("no attention pos")
-        elif attn.rep != 1:
+        if attn.rep != 1:
             problems.append("kv_heads = heads")
         elif attn.proj.bias is None or (attn.qkv.bias if attn.fused else attn.q.bias) is None:
             problems.append("qkv_bias = true and proj_bias = true")
-        if not (isinstance(layer.mlp, MLP) and layer.mlp.w3 is None and layer.mlp.act == "gelu"):
-            problems.append("mlp = gelu (no MoE)")
-        elif layer.mlp.w1.bias is None:
+        if layer.mlp.w1.bias is None:
             problems.append("mlp_bias = true")
-        if not (isinstance(layer.norm1, LayerNorm) and isinstance(layer.norm2, LayerNorm)):
-            problems.append("norm = layernorm")
     if problems:
         raise ValueError(f"Transformer {path!r} is not an open_clip tower; it needs {', '.join(dict.fromkeys(problems))}")
     attn, mlp = t.layers[0].attn, t.layers[0].mlp
@@ -138,11 +128,11 @@ def _trunk(t: Transformer, path: str, causal: bool) -> TrunkLayout:
 
 def clip_layout(model: nn.Module) -> ClipLayout:
     """Find the parts of a CLIP-shaped l3m model, or say what keeps it from being open_clip's."""
-    patch_path, patch = _only(model, PatchEmbed)
-    embed_path, _ = _only(model, TokenEmbedding)
-    cls_path, cls = _only(model, ClsToken)
-    _only(model, ClsPool)
-    _, eos = _only(model, EosPool)
+    patch_path, patch = one_block(model, PatchEmbed, "an open_clip CLIP")
+    embed_path, _ = one_block(model, TokenEmbedding, "an open_clip CLIP")
+    cls_path, cls = one_block(model, ClsToken, "an open_clip CLIP")
+    one_block(model, ClsPool, "an open_clip CLIP")
+    _, eos = one_block(model, EosPool, "an open_clip CLIP")
     ipos, tpos, ipos_b, tpos_b = _split_by_tower(model, PosEmbed, patch_path, embed_path)
     itr, ttr, itr_b, ttr_b = _split_by_tower(model, Transformer, patch_path, embed_path)
     iproj, tproj, iproj_b, tproj_b = _split_by_tower(model, ClipProjection, patch_path, embed_path)

@@ -26,6 +26,7 @@ from torch import nn
 from l3m.interop.mapping import (
     Rule,
     fuse_qkv,
+    layer_problems,
     linear_rules,
     one_block,
     rename,
@@ -34,7 +35,6 @@ from l3m.interop.mapping import (
     to_native,
 )
 from l3m.model.blocks.embeddings import ClsToken, PatchEmbed, PosEmbed
-from l3m.model.blocks.feedforward import MLP
 from l3m.model.blocks.heads import Classifier
 from l3m.model.blocks.norms import LayerNorm
 from l3m.model.blocks.transformer import Transformer
@@ -60,16 +60,9 @@ def _check_transformer(t: Transformer, where: str) -> None:
     if t.causal or t.rope is not None:
         problems.append("causal = false and rope = false")
     for layer in t.layers:
-        if layer.attn is None or layer.cross_attn is not None:
-            problems.append("self-attention only")
-        elif getattr(layer.attn, "pos", None) is not None:
-            problems.append(f"no attention pos (it has {type(layer.attn.pos).__name__}; timm's ViT has no RoPE)")
-        elif getattr(layer.attn, "causal", False):
+        problems += layer_problems(layer, "gelu", LayerNorm, qk_norm=True)
+        if getattr(layer.attn, "causal", False):
             problems.append("causal = false")
-        if not (isinstance(layer.mlp, MLP) and layer.mlp.w3 is None and layer.mlp.act == "gelu"):
-            problems.append("mlp = gelu (no MoE)")
-        if not (isinstance(layer.norm1, LayerNorm) and isinstance(layer.norm2, LayerNorm)):
-            problems.append("norm = layernorm")
     if problems:
         raise ValueError(f"{where} is not a timm ViT's trunk; it needs {', '.join(dict.fromkeys(problems))}")
 

@@ -92,13 +92,18 @@ class _SumAcrossRanks(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
-        x = x.clone()
+        x = x.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(x, group=group)
         return x
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         return grad, None
+
+
+def sum_across_ranks(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """`x` summed over `group` (all-reduce); the gradient passes to each rank's own term unchanged."""
+    return _SumAcrossRanks.apply(x, group)
 
 
 def vocab_parallel_nll(logits, targets: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,12 +124,12 @@ def vocab_parallel_nll(logits, targets: torch.Tensor, ignore_index: int) -> tupl
     local = logits.to_local().flatten(0, -2).float()  # [T, V_local]
     peak = local.detach().amax(dim=-1)
     dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
-    sumexp = _SumAcrossRanks.apply((local - peak[:, None]).exp().sum(dim=-1), group)
+    sumexp = sum_across_ranks((local - peak[:, None]).exp().sum(dim=-1), group)
     lse = peak + sumexp.log()
     t = targets.flatten() - start
     here = (t >= 0) & (t < local.shape[-1]) & (targets.flatten() != ignore_index)
     picked = local.gather(-1, t.clamp(0, max(local.shape[-1] - 1, 0))[:, None]).squeeze(-1) * here
-    return lse - _SumAcrossRanks.apply(picked, group), lse
+    return lse - sum_across_ranks(picked, group), lse
 
 
 @register("loss")

@@ -87,3 +87,13 @@ def apply_row_pruning(model: Any, prunings: list[RowPruning]) -> None:
         model.get_submodule(p.trunk).read_rows(model.get_submodule(p.pool).pooled_rows)
         for port, key in p.inputs:
             model.add_side_input(p.trunk, port, key)
+
+
+def apply_training_rewrites(model: Any, program: Program) -> None:
+    """Every whole-program rewrite a training session makes to its built model (l3m.model.fusion's
+    fused LM-head losses, then the pruned trunks), in one place so that `l3m plan` simulates what
+    training runs."""
+    from l3m.model.fusion import apply_lm_loss_fusions, plan_lm_loss_fusions
+
+    apply_lm_loss_fusions(model, plan_lm_loss_fusions(program))
+    apply_row_pruning(model, plan_row_pruning(program))

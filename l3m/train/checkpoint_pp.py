@@ -14,15 +14,6 @@ from typing import Any
 
 import torch.distributed as dist
 
-_WRAPPERS = ("._orig_mod", "._checkpoint_wrapped_module", "_orig_mod.", "_checkpoint_wrapped_module.")
-
-
-def canonical(name: str) -> str:
-    """A parameter name without compile / activation-checkpointing wrapper segments."""
-    for w in _WRAPPERS:
-        name = name.replace(w, "")
-    return name
-
 
 def _merge(a: Any, b: Any, rank_of: Mapping[str, int]) -> Any:
     if isinstance(a, dict) and isinstance(b, dict):

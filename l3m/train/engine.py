@@ -214,6 +214,16 @@ def optimizer_step(s: Session) -> None:
     s.optimizer.zero_grad(set_to_none=True)
 
 
+def add_micro_batch(sums: dict[str, torch.Tensor], reduced: dict[str, torch.Tensor], total: torch.Tensor,
+                    logs: Mapping[str, torch.Tensor], stats: Mapping[str, torch.Tensor]) -> None:
+    """Add one micro-batch's loss and scalar logs to `sums` and its metric statistics to `reduced`."""
+    for k, v in {"loss": total, **logs}.items():
+        if v.dim() == 0:
+            sums[k] = sums.get(k, 0) + v.float()
+    for k, v in stats.items():
+        reduced[k] = reduced.get(k, 0) + v
+
+
 @dataclass
 class StepStats:
     logs: dict[str, torch.Tensor]  # "loss", each loss term, each metric: means over micro-batches
@@ -468,11 +478,7 @@ class Trainer:
                 d = s.model(batch)
                 total, logs, stat = s.criterion.forward_stats(d)
             s.precision.scaler.scale(total / accum).backward()
-            for k, v in {"loss": total.detach(), **logs}.items():
-                if v.dim() == 0:
-                    sums[k] = sums.get(k, 0) + v.float()
-            for k, v in stat.items():
-                reduced[k] = reduced.get(k, 0) + v
+            add_micro_batch(sums, reduced, total.detach(), logs, stat)
         self._sync_grads_fallback()
         grad_norm = None
         if self.cfg.grad_clip > 0:

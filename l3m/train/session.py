@@ -36,8 +36,7 @@ from l3m.dsl.ir import Call, Node, Program, Span
 from l3m.model.blame import BLOCK_FAILED, BlockFailure, ProgramError, error_text
 from l3m.model.build import build_model, entry_for, instantiate, materialize
 from l3m.model.criterion import Criterion, build_criterion
-from l3m.model.fusion import apply_lm_loss_fusions, plan_lm_loss_fusions
-from l3m.model.pruning import apply_row_pruning, plan_row_pruning
+from l3m.model.pruning import apply_training_rewrites
 from l3m.registry import RUNTIME_PARAMS, load_builtins, lookup
 from l3m.train.precision import Precision
 
@@ -319,8 +318,7 @@ def build_session(compiled: Compiled, rt: Runtime, *, command: str = "train") ->
 
         model.pp_flops = measured_unit_flops(program, model)
     if command == "train":  # training only: evaluation and generation read the logits themselves
-        apply_lm_loss_fusions(model, plan_lm_loss_fusions(program))
-        apply_row_pruning(model, plan_row_pruning(program))
+        apply_training_rewrites(model, program)
     model, parallel = parallelize(model, mesh, train)
     materialize(model, rt.device)
     dims = getattr(model, "parallel_dims", None)  # set by l3m.dist.parallelize
