@@ -20,7 +20,7 @@ What is not exactly the peer's own default: torchtitan's Llama 3 uses FlexAttent
 language models and FlexAttention has no backward on the CPU (eager or compiled, torch 2.14), so it
 runs with torchtitan's own maskless `ScaledDotProductAttention` (causal, whole sequences; what its
 AutoParallel path uses). open_clip's towers are LayerNorm/GELU with biases, so the l3m CLIP is
-clip_digits overridden to that form (`CLIP_AS_OPEN_CLIP`); `models/clip.l3m` itself is unchanged.
+clip_digits overridden to that form (`l3m.interop.openclip.open_clip_overrides`); `models/clip.l3m` itself is unchanged.
 
     python benchmarks/peers.py                       # writes benchmarks/results/peers.json
     python benchmarks/peers.py --quick               # tiny sizes, few rounds (under 5 minutes on 2 cores)
@@ -41,12 +41,13 @@ from peers_models import FAMILIES, Family, missing, version
 # The ViT overrides give the vit_imagenet template timm's layout: timm normalises either every
 # token (`norm`) or the pooled one (`fc_norm`), not both.
 VIT_AS_TIMM = ["vit.trunk.blocks.final_norm=false", "vit.head.fc.norm_eps=1e-6"]
-# clip_digits' towers in open_clip's form: LayerNorm, GELU MLP, biases, no patch norm or conv bias.
-CLIP_AS_OPEN_CLIP = [
-    "clip.image.preprocessor.patches.norm=none", "clip.image.preprocessor.patches.bias=false",
-    *(f"clip.{t}.trunk.blocks.{k}" for t in ("image", "text") for k in (
-        "mlp=gelu", "norm=layernorm", "qkv_bias=true", "proj_bias=true", "mlp_bias=true")),
-]  # fmt: skip
+
+
+def clip_as_open_clip() -> list[str]:
+    """clip_digits' towers in open_clip's form (LayerNorm, GELU MLP, biases, no patch norm or conv bias)."""
+    from l3m.interop.openclip import open_clip_overrides
+
+    return open_clip_overrides("clip")
 
 
 def _clip(dim: int, depth: int, heads: int, embed: int) -> list[str]:
@@ -68,7 +69,7 @@ EXAMPLES: dict[str, tuple[str, list[str], dict[str, list[str]]]] = {
     "vit": ("vit_digits", VIT_AS_TIMM, {
         "tiny": [], "small": ["dim=192", "vit.depth=4", "vit.heads=3"],
         "medium": ["dim=768", "vit.depth=12", "vit.heads=12", "data.train.batch_size=512"]}),
-    "clip": ("clip_digits", CLIP_AS_OPEN_CLIP, {
+    "clip": ("clip_digits", clip_as_open_clip(), {
         "tiny": [], "small": _clip(192, 4, 3, 64),
         "medium": [*_clip(768, 12, 12, 512), "data.train.batch_size=512"]}),
 }  # fmt: skip
@@ -130,8 +131,11 @@ def check_same(fam: Family, model, criterion, peer, batch, smoothing: float, dev
 
 def adamw_like(module, reference):
     """torch AdamW with `reference`'s settings; decay on matrices, none on vectors, positions and
-    class tokens (what the examples' `no_decay` lists say)."""
+    class tokens (what the examples' `no_decay` lists say). Torch's fused kernel wherever it has one:
+    what `l3m train`, transformers' Trainer (`adamw_torch_fused`) and torchtitan (`fused`) default to."""
     import torch
+
+    from l3m.train.optim import fused_kernel_fits
 
     wd = max(g["weight_decay"] for g in reference.param_groups)
     named = list(module.named_parameters())
@@ -140,7 +144,8 @@ def adamw_like(module, reference):
     d = reference.defaults
     return torch.optim.AdamW([{"params": decay, "weight_decay": wd},
                               {"params": [p for _, p in named if id(p) not in ids], "weight_decay": 0.0}],
-                             lr=d["lr"], betas=d["betas"], eps=d["eps"])
+                             lr=d["lr"], betas=d["betas"], eps=d["eps"],
+                             fused=fused_kernel_fits([p for _, p in named]) or None)
 
 
 def train_step(loss_fn: Callable[[], Any], opt, dtype: str, device) -> Callable[[], None]:
@@ -218,7 +223,7 @@ def case(fam: Family, size: str, args, device) -> dict[str, Any]:
     smoothing = getattr(ce.block, "label_smoothing", 0.0) if ce is not None else 0.0
     diff = check_same(fam, model, criterion, peer, batch, smoothing, device)
     twin = copy.deepcopy(model)  # the A/A control
-    # one optimizer implementation for all (the session's may be fused): the models are what is compared
+    # one optimizer for all, the session's kind on fresh state: the models are what is compared
     popt, topt, lopt = adamw_like(peer, opt), adamw_like(twin, opt), adamw_like(model, opt)
     key = "image" if "image" in batch else "tokens"
     tiny = size == "tiny"

@@ -470,7 +470,8 @@ def peers(d: dict[str, Any], charts: Path) -> tuple[str, list]:
     where = (f"on {d.get('machine', {}).get('device', 'the GPU')} (CUDA events, bf16 = `torch.autocast('cuda')`)"
              if cuda else "in CPU time of the process (bf16 = `torch.autocast('cpu')`)")
     body = [
-        "Step = forward, loss, backward and AdamW step on one fixed batch, the same architecture and weights on "
+        "Step = forward, loss, backward and AdamW step (torch's fused kernel on every side: what `l3m train`, "
+        "transformers' Trainer and torchtitan default to) on one fixed batch, the same architecture and weights on "
         f"both sides ({versions}, torch {d.get('machine', {}).get('torch', '?')}); ratio = peer / l3m per round "
         f"(median, and the range over rounds) {where}: **above 1, l3m is faster**. *Compiled* = `torch.compile` of "
         "forward and loss as one graph on both sides. *l3m default compile* = what `l3m train` runs in one process with "

@@ -40,6 +40,9 @@ class TrainConfig:
     # A trunk whose output only a pooling block reads (ClsPool, EosPool) computes its last layer for the
     # pooled tokens alone in training (l3m.model.pruning): same values and gradients, fewer FLOPs
     prune_rows: bool = True
+    # Training on the CPU keeps freed memory in the process for the next step instead of handing it back to
+    # the OS and page-faulting on it again (glibc only; l3m.train.host_memory)
+    keep_freed_memory: bool = True
     reshard_after_forward: bool = True
     param_dtype: Literal["fp32", "bf16", "fp16", "auto"] = "auto"  # FSDP2 MixedPrecisionPolicy
     reduce_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"

@@ -19,7 +19,9 @@ What the simulation cannot see is then added from the mesh and the precision set
   gradients in `reduce_dtype` for the reduce-scatter;
 - attention: the meta device has only SDPA's math fallback, which keeps the L x L scores; the
   simulation stands in what the fused kernels of a GPU (and of the CPU) keep instead; likewise
-  MoE experts keep only their inputs, as their custom operator does;
+  MoE experts keep only their inputs, as their custom operator does. On a CPU without AMX, short
+  bf16 attention keeps float32 copies of q, k and v instead (`attention.fp32_attention`), which the
+  simulation, planning for any device, does not (llm_bytes in bf16: 4.6% more than planned);
 - autocast (`train.dtype` bf16/fp16): the step runs with the model cast to the compute dtype;
   parameters, gradients and optimizer state are counted in fp32 as training keeps them, and,
   unless FSDP already gathers weights in low precision, autocast's low-precision weight copies

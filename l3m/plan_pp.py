@@ -53,12 +53,10 @@ def pipeline_plan(mesh_cfg: MeshConfig, mesh: Mapping[str, int], model: MetaMode
                   sample: Mapping[str, torch.Tensor] | None, optimizer_states: int,
                   notes: list[str]) -> dict[str, Any] | None:
     """`{"schedule", "stages": [...]}`; None (with a note) when the model cannot be split so."""
-    from l3m.dist.pp import choose_split, interleave
+    from l3m.dist.pp import choose_split, loss_reads
+    from l3m.pp_partition import stage_ranks
 
-    reads: list[str] = []
-    if criterion is not None:
-        for rw in [*criterion.losses.values(), *criterion.metrics.values()]:
-            reads += [k for k in rw.read_keys if k not in reads]
+    reads = loss_reads(criterion) if criterion is not None else []
     written = set(model.output_keys)
     flops: dict[str, int] = {}
     if sample is not None:
@@ -75,7 +73,7 @@ def pipeline_plan(mesh_cfg: MeshConfig, mesh: Mapping[str, int], model: MetaMode
         notes.append(f"pipeline: {e}")
         return None
     shard = mesh.get("dp_shard", 1)
-    rank_of = {s: r for r, stages in enumerate(interleave(split.stages, mesh["pp"])) for s in stages}
+    rank_of = stage_ranks(split.stages, mesh["pp"])
     stages = []
     for i in range(split.stages):
         units = split.stage_units(i)

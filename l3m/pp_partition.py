@@ -198,3 +198,8 @@ def stage_count(pp: int, schedule: str | None, virtual: int | None) -> int:
 def interleave(split_stages: int, ranks: int) -> list[list[int]]:
     """The stages each pipeline rank runs (round-robin, as the interleaved schedules expect)."""
     return [list(range(r, split_stages, ranks)) for r in range(ranks)]
+
+
+def stage_ranks(split_stages: int, ranks: int) -> list[int]:
+    """The pipeline rank of each stage: `interleave` read the other way."""
+    return [s % ranks for s in range(split_stages)]

@@ -38,10 +38,19 @@ from l3m.pp_partition import (
     partition,
     split_names,
     stage_count,
+    stage_ranks,
     unit_index,
 )
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
+
+
+def loss_reads(criterion: nn.Module) -> list[str]:
+    """The keys the losses and metrics read, each once, in order: what the last stage must hand them."""
+    reads: list[str] = []
+    for rw in [*criterion.losses.values(), *criterion.metrics.values()]:
+        reads += [k for k in rw.read_keys if k not in reads]
+    return reads
 
 
 class Elsewhere(nn.Module):
@@ -256,9 +265,7 @@ class Pipeline:
 
     def bind_keys(self, criterion: nn.Module) -> list[str]:
         """Point the stages at the keys the losses read; those the model writes (the last stage's outputs)."""
-        reads: list[str] = []
-        for rw in [*criterion.losses.values(), *criterion.metrics.values()]:
-            reads += [k for k in rw.read_keys if k not in reads]
+        reads = loss_reads(criterion)
         written = set(self.model.output_keys)
         needed = [k for k in reads if k in written]
         self.target_keys = [k for k in reads if k not in written]
@@ -343,7 +350,7 @@ def forward_only(pipe: Pipeline, batch: Mapping[str, Any], criterion: nn.Module,
     if not pipe.bound:
         pipe.bind_keys(criterion)
     group = pipe.dims.group("pp")
-    rank_of = {s: r for r, mine in enumerate(interleave(pipe.split.stages, pipe.dims.pp)) for s in mine}
+    rank_of = stage_ranks(pipe.split.stages, pipe.dims.pp)
     chunks = {c.index: c for c in pipe.chunks}
     micro = torch.zeros(1, dtype=torch.long, device=device)
     outs: Sequence[torch.Tensor] = ()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from l3m.dsl.ir import Node, Program
 from l3m.dsl.ppcheck import LAYERED
-from l3m.pp_partition import Split, Unit, interleave, partition, stage_count, transformer_units, unit_index
+from l3m.pp_partition import Split, Unit, partition, stage_count, stage_ranks, transformer_units, unit_index
 
 LOOKUPS = ("TokenEmbedding", "PosEmbed", "Embedding")
 
@@ -74,10 +74,7 @@ def graph_split(program: Program, order: list[str], params: Mapping[str, int | N
         split = partition(units, stages, pins, needed)
     except ValueError:
         return None
-    ranks = [0] * stages
-    for r, mine in enumerate(interleave(stages, pp)):
-        for s in mine:
-            ranks[s] = r
+    ranks = stage_ranks(stages, pp)
     stages_of: dict[str, list[int]] = {}
     for s in range(stages):
         for u in split.stage_units(s):

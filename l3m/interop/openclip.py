@@ -158,6 +158,16 @@ def clip_layout(model: nn.Module) -> ClipLayout:
     )  # fmt: skip
 
 
+def open_clip_overrides(name: str = "clip") -> list[str]:
+    """Overrides that put the towers of a `models/clip.l3m` CLIP declared as `name` (examples/clip_digits.l3m's
+    `clip`) in open_clip's form: LayerNorm, GELU MLP, biases, no norm or bias on the patch embedding."""
+    return [
+        f"{name}.image.preprocessor.patches.norm=none", f"{name}.image.preprocessor.patches.bias=false",
+        *(f"{name}.{tower}.trunk.blocks.{k}" for tower in ("image", "text") for k in (
+            "mlp=gelu", "norm=layernorm", "qkv_bias=true", "proj_bias=true", "mlp_bias=true")),
+    ]  # fmt: skip
+
+
 def open_clip_config(model: nn.Module) -> dict[str, Any]:
     """Keyword arguments of `open_clip.CLIP` for the architecture of `model` (nothing is downloaded)."""
     lay = clip_layout(model)

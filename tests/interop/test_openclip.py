@@ -8,17 +8,18 @@ import pytest
 import torch
 
 import l3m
-from l3m.interop.openclip import clip_layout, l3m_to_open_clip, open_clip_config, open_clip_to_l3m
+from l3m.interop.openclip import (
+    clip_layout,
+    l3m_to_open_clip,
+    open_clip_config,
+    open_clip_overrides,
+    open_clip_to_l3m,
+)
 from l3m.model.build import materialize
 from l3m.model.criterion import build_criterion
 from l3m.train.export import load_pretrained
 
-# examples/clip_digits.l3m's towers in open_clip's form (LayerNorm, GELU MLP, biases, no pre-norm).
-AS_OPEN_CLIP = [
-    "clip.image.preprocessor.patches.norm=none", "clip.image.preprocessor.patches.bias=false",
-    *(f"clip.{tower}.trunk.blocks.{k}" for tower in ("image", "text") for k in (
-        "mlp=gelu", "norm=layernorm", "qkv_bias=true", "proj_bias=true", "mlp_bias=true")),
-]  # fmt: skip
+AS_OPEN_CLIP = open_clip_overrides()  # examples/clip_digits.l3m's towers in open_clip's form
 
 
 def l3m_clip(fused: bool = True):

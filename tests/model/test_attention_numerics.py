@@ -121,6 +121,41 @@ def test_glu_mlp_runs_on_tensor_parallel_shards():
     torch.testing.assert_close(partial, mlp(x), atol=1e-5, rtol=1e-5)
 
 
+def test_short_reduced_precision_attention_on_the_cpu_runs_in_fp32(monkeypatch):
+    """Under bf16 autocast on an AMX-less CPU, short attention calls SDPA in float32 (faster there) and
+    hands back bf16 values and gradients close to a float32 reference; long attention stays in bf16."""
+    import torch.nn.functional as F
+
+    import l3m.model.blocks.attention as attention
+
+    monkeypatch.setattr(attention, "_AMX_BF16", False)
+    monkeypatch.setattr(attention, "_AMX_FP16", False)
+    seen: list[torch.dtype] = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda q, *a, **kw: seen.append(q.dtype)
+                        or sdpa(q, *a, **kw))
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 16, h, 32, requires_grad=True) for h in (4, 2, 2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attend(*(t.bfloat16() for t in (q, k, v)), is_causal=True)
+    out.float().square().sum().backward()
+    assert seen == [torch.float32] and out.dtype == torch.bfloat16
+    ref = attend(q, k, v, is_causal=True)
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+    grad = q.grad.clone()
+    q.grad = None
+    ref.square().sum().backward()
+    torch.testing.assert_close(grad, q.grad, atol=5e-2, rtol=5e-2)
+
+    long_q = torch.randn(1, 8, 1, 64, dtype=torch.bfloat16)
+    assert attention.fp32_attention(long_q, torch.zeros(1, 129, 1, 64, dtype=torch.bfloat16)) is False
+    assert attention.fp32_attention(long_q, torch.zeros(1, 128, 1, 64, dtype=torch.bfloat16)) is True
+    assert attention.fp32_attention(long_q.half(), torch.zeros(1, 4096, 1, 64).half()) is True  # fp16: any length
+    assert attention.fp32_attention(long_q.float(), torch.zeros(1, 8, 1, 64)) is False
+    monkeypatch.setattr(attention, "_AMX_BF16", True)
+    assert attention.fp32_attention(long_q, torch.zeros(1, 8, 1, 64, dtype=torch.bfloat16)) is False
+
+
 def test_tp_plan_names_exist():
     t = Transformer(16, 2, 4, mlp="swiglu", hidden=32, cross_attention=True)
     plan = t.tp_plan()
@@ -142,6 +177,28 @@ def test_rope_matches_complex_rotation():
     z = torch.complex(x[..., :half].double(), x[..., half:].double())
     rot = z * torch.polar(torch.ones(n, half, dtype=torch.float64), torch.arange(n)[:, None] * freqs)[None, :, None]
     torch.testing.assert_close(out, torch.cat([rot.real, rot.imag], dim=-1).float(), atol=1e-5, rtol=1e-5)
+
+
+def test_every_table_shape_rotates_as_rotate_half():
+    """Per-position `[N, hd]`, per-sequence `[B, N, hd]` (generation) and per-head `[N, H, hd]` tables
+    (RopeMixed) turn `x` as the textbook `x cos + rotate_half(x) sin`, and keep its dtype."""
+    from l3m.model.blocks.rope import rotate
+
+    torch.manual_seed(0)
+    b, n, h, hd = 2, 5, 3, 8
+    x = torch.randn(b, n, h, hd)
+    angles = torch.randn(b, n, h, hd // 2)
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+
+    def textbook(c, s):
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * c + torch.cat([-x2, x1], dim=-1) * s
+
+    torch.testing.assert_close(apply_rope(x, cos[0, :, 0], sin[0, :, 0]),
+                               textbook(cos[0, :, 0][None, :, None], sin[0, :, 0][None, :, None]))
+    torch.testing.assert_close(apply_rope(x, cos[:, :, 0], sin[:, :, 0]), textbook(cos[:, :, :1], sin[:, :, :1]))
+    torch.testing.assert_close(rotate(x, cos[0], sin[0]), textbook(cos[:1], sin[:1]))
+    assert apply_rope(x.bfloat16(), cos[0, :, 0], sin[0, :, 0]).dtype == torch.bfloat16
 
 
 def test_rope_scores_depend_only_on_relative_position():

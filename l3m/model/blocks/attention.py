@@ -34,6 +34,25 @@ from l3m.model.blocks.norms import make_norm
 from l3m.model.tp_checks import head_groups_tp_problem
 from l3m.registry import register
 
+# CPU matrix units for bf16/fp16 tiles. Without them torch's CPU flash-attention kernel is slower in
+# bf16 than in fp32 for short sequences (measured; as if a fixed cost per block dominated) and slower
+# in fp16 at every length: `fp32_attention` says when to compute in float32 instead (more exact as well).
+_AMX_BF16 = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+_AMX_FP16 = bool(getattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)())
+
+
+def fp32_attention(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether attention of `q` `[B, N, H, hd]` over `k` `[B, M, Hk, hd]` runs faster in float32 than in
+    their reduced precision: on a CPU without AMX, fp16 always (2-7x here), bf16 while the keys are
+    short, hd <= 64 and M * hd <= 8192 (1.2-4.5x; longer ones are 1.0-1.4x faster in bf16). Measured on
+    this project's AVX512-BF16 CPU, forward and backward: benchmarks/NOTES.md, "bf16 on this CPU"."""
+    if q.device.type != "cpu":
+        return False
+    if q.dtype == torch.float16:
+        return not _AMX_FP16
+    hd = q.shape[-1]
+    return q.dtype == torch.bfloat16 and not _AMX_BF16 and hd <= 64 and k.shape[1] * hd <= 8192
+
 
 def attend(
     q: torch.Tensor,
@@ -53,6 +72,12 @@ def attend(
     if mask is not None and is_causal:
         mask = mask & causal(q.shape[1], q.device).view(1, 1, q.shape[1], q.shape[1])
         is_causal = False
+    if fp32_attention(q, k):  # outside autocast, which would cast the inputs back down
+        dtype = q.dtype
+        if mask is not None and mask.dtype != torch.bool:
+            mask = mask.float()
+        with torch.autocast("cpu", enabled=False):
+            return attend(q.float(), k.float(), v.float(), mask, is_causal).to(dtype)
     hq, hk = q.shape[2], k.shape[2]
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2),

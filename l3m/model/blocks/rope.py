@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from l3m.interfaces import Positional
-from l3m.model.blocks.embeddings import RotaryEmbedding, apply_rope
+from l3m.model.blocks.embeddings import RotaryEmbedding, apply_rope, turn_halves
 from l3m.registry import register
 
 
@@ -32,9 +32,7 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     """`x` `[B, N, H, hd]` turned by tables `[N, hd]` (every head alike) or `[N, H, hd]` (per head)."""
     if cos.dim() == 2:
         return apply_rope(x, cos, sin)
-    xf = x.float()
-    x1, x2 = xf.chunk(2, dim=-1)
-    return (xf * cos[None] + torch.cat([-x2, x1], dim=-1) * sin[None]).type_as(x)
+    return turn_halves(x, cos[None], sin[None])
 
 
 def grid_of(n: int, grid: list[int] | None, prefix: int | None) -> tuple[int, int, int]:
