@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_model_state_dict, set_state_dict
 
-from l3m.config import TrainConfig, compile_mode
+from l3m.config import compile_mode
 from l3m.data.loader import VALID_KEY, StatefulLoader
 from l3m.data.sources.mixture import mixture_counts
 from l3m.devices import cpu_low_precision_note
@@ -235,12 +235,6 @@ class StepStats:
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def keep_host_memory_for(device_type: str, cfg: TrainConfig) -> None:
-    """`train.keep_freed_memory`: a CPU run keeps freed memory for its next step (l3m.train.host_memory)."""
-    if device_type == "cpu" and cfg.keep_freed_memory:
-        host_memory.keep_freed_memory()
-
-
 class Trainer:
     """Runs a session's training from its current step to `train.steps`."""
 
@@ -259,7 +253,7 @@ class Trainer:
         self.pending_eval = False  # an evaluation a stop deferred (run first on resume)
         self._control = _control_group()
         self.ema: WeightsEMA | None = None  # `train.ema`: made from the weights the run starts from
-        keep_host_memory_for(session.device.type, self.cfg)
+        host_memory.keep_for_run(session.device.type, self.cfg.keep_freed_memory)
 
     # -- state ------------------------------------------------------------------------------------
 

@@ -27,6 +27,12 @@ def is_glibc() -> bool:
         return False
 
 
+def keep_for_run(device_type: str, keep: bool) -> None:
+    """`train.keep_freed_memory` for a run on `device_type`: only the CPU's steps allocate host memory."""
+    if device_type == "cpu" and keep:
+        keep_freed_memory()
+
+
 def keep_freed_memory() -> bool:
     """Set glibc's malloc to keep freed blocks for reuse; True when it took (glibc only)."""
     if not is_glibc():

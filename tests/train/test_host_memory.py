@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import subprocess
 import sys
 
@@ -46,12 +47,24 @@ def test_a_freed_block_stays_in_the_heap_for_the_next_step():
 
 def test_the_trainer_keeps_memory_only_when_asked_on_the_cpu(monkeypatch):
     from l3m.config import TrainConfig
-    from l3m.train import engine
 
     calls = []
     monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: calls.append(1) or True)
     assert TrainConfig().keep_freed_memory is True
     for device, keep, expected in (("cpu", True, 1), ("cpu", False, 0), ("meta", True, 0)):
         calls.clear()
-        engine.keep_host_memory_for(device, TrainConfig(keep_freed_memory=keep))
+        host_memory.keep_for_run(device, TrainConfig(keep_freed_memory=keep).keep_freed_memory)
         assert len(calls) == expected
+
+
+def test_the_switch_as_typed():
+    from helpers import ROOT
+
+    def lint(value: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "l3m", "lint", "examples/vit_digits.l3m",
+                               f"train.keep_freed_memory={value}"], capture_output=True, text=True, cwd=ROOT,
+                              timeout=120, env={**os.environ, "NO_COLOR": "1"})
+
+    off, typo = lint("false"), lint("maybe")
+    assert off.returncode == 0, off.stderr
+    assert typo.returncode == 1 and "error[E602]" in typo.stderr + typo.stdout and "Traceback" not in typo.stderr
